@@ -1,0 +1,158 @@
+//! The connectivity matrix of a whole cluster.
+//!
+//! Endpoints that no policy can tell apart (same identity, inside the same
+//! ipBlocks, and for host-network special cases the same node) form one
+//! class; the matrix is computed once per pair of classes. A cluster of
+//! 10,000 pods in 1,000 workloads costs a million cells, not a hundred million.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::connset::ConnSet;
+use crate::engine::{Engine, EndpointId};
+use crate::identity::IdentityId;
+use crate::verdict::FlowEnd;
+
+pub struct Matrix {
+    /// All endpoints, sorted by key: the order of rows in every output.
+    pub endpoints: Vec<EndpointId>,
+    class_of: Vec<u32>,
+    /// Endpoint indexes (into `endpoints`) of each class.
+    pub classes: Vec<Vec<usize>>,
+    cells: Vec<u32>,
+    conns: Vec<ConnSet>,
+}
+
+#[derive(Hash, PartialEq, Eq)]
+struct ClassKey {
+    identity: IdentityId,
+    blocks: Vec<u32>,
+    node: Option<String>,
+}
+
+impl Matrix {
+    pub fn compute(engine: &Engine) -> Matrix {
+        let mut endpoints: Vec<EndpointId> = engine.endpoints().map(|(id, _)| id).collect();
+        endpoints.sort_by(|a, b| engine.endpoint(*a).key.cmp(&engine.endpoint(*b).key));
+        let blocks = engine.ip_blocks();
+        let node_matters = engine.endpoints().any(|(_, e)| e.host_network);
+        let mut class_ids: HashMap<ClassKey, u32> = HashMap::new();
+        let mut classes: Vec<Vec<usize>> = Vec::new();
+        let mut class_of = Vec::with_capacity(endpoints.len());
+        for (i, &id) in endpoints.iter().enumerate() {
+            let ep = engine.endpoint(id);
+            let key = ClassKey {
+                identity: engine.endpoint_identity(id),
+                blocks: blocks
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| ep.ips.iter().any(|ip| b.contains(*ip)))
+                    .map(|(j, _)| j as u32)
+                    .collect(),
+                node: if node_matters { ep.node.clone() } else { None },
+            };
+            let next = classes.len() as u32;
+            let c = *class_ids.entry(key).or_insert(next);
+            if c == next {
+                classes.push(Vec::new());
+            }
+            classes[c as usize].push(i);
+            class_of.push(c);
+        }
+        let n = classes.len();
+        let mut interned: HashMap<ConnSet, u32> = HashMap::new();
+        let mut conns = Vec::new();
+        let mut intern = |c: ConnSet| -> u32 {
+            let next = conns.len() as u32;
+            *interned.entry(c.clone()).or_insert_with(|| {
+                conns.push(c);
+                next
+            })
+        };
+        let none = intern(ConnSet::none());
+        let mut cells = vec![none; n * n];
+        for a in 0..n {
+            let src = FlowEnd::Endpoint(endpoints[classes[a][0]]);
+            for b in 0..n {
+                let dst_index = if a == b {
+                    match classes[b].get(1) {
+                        Some(&second) => second,
+                        None => continue, // a lone endpoint and itself: see `self_cell`
+                    }
+                } else {
+                    classes[b][0]
+                };
+                let conn = engine.connections(&src, &FlowEnd::Endpoint(endpoints[dst_index]));
+                cells[a * n + b] = intern(conn);
+            }
+        }
+        Matrix { endpoints, class_of, classes, cells, conns }
+    }
+
+    /// Connections from endpoint index `i` to endpoint index `j` (`i != j`).
+    pub fn get(&self, i: usize, j: usize) -> &ConnSet {
+        let n = self.classes.len();
+        &self.conns[self.cells[self.class_of[i] as usize * n + self.class_of[j] as usize] as usize]
+    }
+
+    pub fn class_count(&self) -> usize {
+        self.classes.len()
+    }
+
+    /// Rows of (sources, destinations, connections) covering every allowed
+    /// ordered pair: classes with identical rows merge, so a namespace with
+    /// one policy reads as one line whatever its size.
+    pub fn grouped(&self, engine: &Engine) -> Vec<GroupRow> {
+        let n = self.classes.len();
+        let none_id = self.conns.iter().position(|c| c.is_none()).map(|i| i as u32);
+        let same_namespace = |a: usize, b: usize| {
+            let ka = &engine.endpoint(self.endpoints[self.classes[a][0]]).key;
+            let kb = &engine.endpoint(self.endpoints[self.classes[b][0]]).key;
+            ka.namespace == kb.namespace
+        };
+        // A lone endpoint's cell with itself is free (self traffic is always
+        // allowed): give it the value most common in its own namespace so it
+        // groups with its neighbours.
+        let self_cell = |a: usize| -> Option<u32> {
+            let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
+            for b in (0..n).filter(|&b| b != a && same_namespace(a, b)) {
+                *counts.entry(self.cells[a * n + b]).or_default() += 1;
+            }
+            counts.into_iter().max_by_key(|(c, k)| (*k, std::cmp::Reverse(*c))).map(|(c, _)| c)
+        };
+        let mut by_signature: BTreeMap<Vec<(u32, Vec<u32>)>, Vec<u32>> = BTreeMap::new();
+        for a in 0..n {
+            let mut row: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+            for b in 0..n {
+                let cell = if a == b && self.classes[a].len() == 1 { self_cell(a) } else { Some(self.cells[a * n + b]) };
+                match cell {
+                    Some(c) if Some(c) != none_id => row.entry(c).or_default().push(b as u32),
+                    _ => {}
+                }
+            }
+            by_signature.entry(row.into_iter().collect()).or_default().push(a as u32);
+        }
+        let members = |classes: &[u32]| -> Vec<usize> {
+            let mut v: Vec<usize> = classes.iter().flat_map(|&c| self.classes[c as usize].iter().copied()).collect();
+            v.sort_unstable();
+            v
+        };
+        let mut rows = Vec::new();
+        for (signature, srcs) in by_signature {
+            let sources = members(&srcs);
+            for (conn, dsts) in signature {
+                rows.push(GroupRow { sources: sources.clone(), destinations: members(&dsts), connections: self.conns[conn as usize].clone() });
+            }
+        }
+        rows.sort_by(|a, b| (a.sources.first(), a.destinations.first()).cmp(&(b.sources.first(), b.destinations.first())));
+        rows
+    }
+}
+
+/// One line of the grouped table: every source may open `connections` to
+/// every destination (self pairs aside: always allowed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRow {
+    pub sources: Vec<usize>,
+    pub destinations: Vec<usize>,
+    pub connections: ConnSet,
+}
