@@ -100,7 +100,12 @@ impl ConnSet {
     }
 
     pub fn all() -> Self {
-        ConnSet { tcp: PortRanges::full(), udp: PortRanges::full(), sctp: PortRanges::full(), other_protocols: true }
+        ConnSet {
+            tcp: PortRanges::full(),
+            udp: PortRanges::full(),
+            sctp: PortRanges::full(),
+            other_protocols: true,
+        }
     }
 
     pub fn is_all(&self) -> bool {
@@ -214,7 +219,13 @@ impl fmt::Display for ConnSet {
             let ranges: Vec<String> = r
                 .ranges()
                 .iter()
-                .map(|&(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") })
+                .map(|&(a, b)| {
+                    if a == b {
+                        a.to_string()
+                    } else {
+                        format!("{a}-{b}")
+                    }
+                })
                 .collect();
             parts.push(format!("{p} {}", ranges.join(",")));
         }

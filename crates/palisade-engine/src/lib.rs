@@ -21,7 +21,10 @@ mod slots;
 pub mod verdict;
 
 pub use connset::{ConnSet, PortRanges};
-pub use engine::{AllowEntry, Changes, CompiledIdentity, DirectionPolicy, EndpointId, Engine, PeerMatch, PolicyId, PortMatch, RuleOrigin};
+pub use engine::{
+    AllowEntry, Changes, CompiledIdentity, DirectionPolicy, EndpointId, Engine, PeerMatch,
+    PolicyId, PortMatch, RuleOrigin,
+};
 pub use explain::Explanation;
 pub use identity::{Identity, IdentityId};
 pub use matrix::{GroupRow, Matrix};

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::connset::ConnSet;
-use crate::engine::{Engine, EndpointId};
+use crate::engine::{EndpointId, Engine};
 use crate::identity::IdentityId;
 use crate::verdict::FlowEnd;
 
@@ -85,7 +85,13 @@ impl Matrix {
                 cells[a * n + b] = intern(conn);
             }
         }
-        Matrix { endpoints, class_of, classes, cells, conns }
+        Matrix {
+            endpoints,
+            class_of,
+            classes,
+            cells,
+            conns,
+        }
     }
 
     /// Connections from endpoint index `i` to endpoint index `j` (`i != j`).
@@ -103,7 +109,11 @@ impl Matrix {
     /// one policy reads as one line whatever its size.
     pub fn grouped(&self, engine: &Engine) -> Vec<GroupRow> {
         let n = self.classes.len();
-        let none_id = self.conns.iter().position(|c| c.is_none()).map(|i| i as u32);
+        let none_id = self
+            .conns
+            .iter()
+            .position(|c| c.is_none())
+            .map(|i| i as u32);
         let same_namespace = |a: usize, b: usize| {
             let ka = &engine.endpoint(self.endpoints[self.classes[a][0]]).key;
             let kb = &engine.endpoint(self.endpoints[self.classes[b][0]]).key;
@@ -117,22 +127,35 @@ impl Matrix {
             for b in (0..n).filter(|&b| b != a && same_namespace(a, b)) {
                 *counts.entry(self.cells[a * n + b]).or_default() += 1;
             }
-            counts.into_iter().max_by_key(|(c, k)| (*k, std::cmp::Reverse(*c))).map(|(c, _)| c)
+            counts
+                .into_iter()
+                .max_by_key(|(c, k)| (*k, std::cmp::Reverse(*c)))
+                .map(|(c, _)| c)
         };
         let mut by_signature: BTreeMap<Vec<(u32, Vec<u32>)>, Vec<u32>> = BTreeMap::new();
         for a in 0..n {
             let mut row: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
             for b in 0..n {
-                let cell = if a == b && self.classes[a].len() == 1 { self_cell(a) } else { Some(self.cells[a * n + b]) };
+                let cell = if a == b && self.classes[a].len() == 1 {
+                    self_cell(a)
+                } else {
+                    Some(self.cells[a * n + b])
+                };
                 match cell {
                     Some(c) if Some(c) != none_id => row.entry(c).or_default().push(b as u32),
                     _ => {}
                 }
             }
-            by_signature.entry(row.into_iter().collect()).or_default().push(a as u32);
+            by_signature
+                .entry(row.into_iter().collect())
+                .or_default()
+                .push(a as u32);
         }
         let members = |classes: &[u32]| -> Vec<usize> {
-            let mut v: Vec<usize> = classes.iter().flat_map(|&c| self.classes[c as usize].iter().copied()).collect();
+            let mut v: Vec<usize> = classes
+                .iter()
+                .flat_map(|&c| self.classes[c as usize].iter().copied())
+                .collect();
             v.sort_unstable();
             v
         };
@@ -140,10 +163,17 @@ impl Matrix {
         for (signature, srcs) in by_signature {
             let sources = members(&srcs);
             for (conn, dsts) in signature {
-                rows.push(GroupRow { sources: sources.clone(), destinations: members(&dsts), connections: self.conns[conn as usize].clone() });
+                rows.push(GroupRow {
+                    sources: sources.clone(),
+                    destinations: members(&dsts),
+                    connections: self.conns[conn as usize].clone(),
+                });
             }
         }
-        rows.sort_by(|a, b| (a.sources.first(), a.destinations.first()).cmp(&(b.sources.first(), b.destinations.first())));
+        rows.sort_by(|a, b| {
+            (a.sources.first(), a.destinations.first())
+                .cmp(&(b.sources.first(), b.destinations.first()))
+        });
         rows
     }
 }

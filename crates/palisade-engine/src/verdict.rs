@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use palisade_model::{Direction, PortSpec, Protocol};
 
 use crate::connset::ConnSet;
-use crate::engine::{AllowEntry, Engine, EndpointId, PeerMatch, PolicyId, PortMatch, RuleOrigin};
+use crate::engine::{AllowEntry, EndpointId, Engine, PeerMatch, PolicyId, PortMatch, RuleOrigin};
 use crate::identity::Identity;
 
 /// One end of a flow: an endpoint the engine knows, or an address outside.
@@ -79,9 +79,15 @@ impl Engine {
         match end {
             FlowEnd::Endpoint(id) => {
                 let identity = self.endpoint_identity(*id);
-                PeerView { identity: Some((identity, self.identity(identity))), ips: &self.endpoint(*id).ips }
+                PeerView {
+                    identity: Some((identity, self.identity(identity))),
+                    ips: &self.endpoint(*id).ips,
+                }
             }
-            FlowEnd::Address(ip) => PeerView { identity: None, ips: std::slice::from_ref(ip) },
+            FlowEnd::Address(ip) => PeerView {
+                identity: None,
+                ips: std::slice::from_ref(ip),
+            },
         }
     }
 
@@ -89,7 +95,9 @@ impl Engine {
     fn peer_matches(&self, peer: &PeerMatch, view: &PeerView) -> bool {
         match peer {
             PeerMatch::Any => true,
-            PeerMatch::Selector(sel) => view.identity.is_some_and(|(id, _)| self.selectors.contains(*sel, id)),
+            PeerMatch::Selector(sel) => view
+                .identity
+                .is_some_and(|(id, _)| self.selectors.contains(*sel, id)),
             // An endpoint with several addresses (replicas, dual stack) is
             // matched when any of them is: reachability is over-approximated,
             // never hidden.
@@ -120,7 +128,12 @@ impl Engine {
     }
 
     #[inline]
-    fn entry_allows_port(ports: &PortMatch, protocol: Protocol, port: u16, dst: Option<&Identity>) -> bool {
+    fn entry_allows_port(
+        ports: &PortMatch,
+        protocol: Protocol,
+        port: u16,
+        dst: Option<&Identity>,
+    ) -> bool {
         match ports {
             PortMatch::Any => true,
             PortMatch::Ports(list) => list.iter().any(|p| {
@@ -128,7 +141,9 @@ impl Engine {
                     && match &p.port {
                         PortSpec::All => true,
                         PortSpec::Range { start, end } => *start <= port && port <= *end,
-                        PortSpec::Named(name) => dst.and_then(|d| d.named_port(name, protocol)) == Some(port),
+                        PortSpec::Named(name) => {
+                            dst.and_then(|d| d.named_port(name, protocol)) == Some(port)
+                        }
                     }
             }),
         }
@@ -150,37 +165,66 @@ impl Engine {
 
     /// One side's decision. `this` is the endpoint whose policy applies,
     /// `other` the flow's other end, `dst` the destination's identity.
-    fn side(&self, direction: Direction, this: &FlowEnd, other: &FlowEnd, flow: &Flow, explain: bool) -> SideVerdict {
-        let FlowEnd::Endpoint(id) = this else { return SideVerdict::External };
+    fn side(
+        &self,
+        direction: Direction,
+        this: &FlowEnd,
+        other: &FlowEnd,
+        flow: &Flow,
+        explain: bool,
+    ) -> SideVerdict {
+        let FlowEnd::Endpoint(id) = this else {
+            return SideVerdict::External;
+        };
         let compiled = self.compiled(self.endpoint_identity(*id));
-        let Some(side) = compiled.direction(direction) else { return SideVerdict::NotIsolated };
+        let Some(side) = compiled.direction(direction) else {
+            return SideVerdict::NotIsolated;
+        };
         let view = self.peer_view(other);
         let dst_identity = match direction {
             Direction::Ingress => Some(self.identity(self.endpoint_identity(*id))),
             Direction::Egress => view.identity.map(|(_, i)| i),
         };
         let matching = |e: &&AllowEntry| {
-            Self::entry_allows_port(&e.ports, flow.protocol, flow.port, dst_identity) && self.peer_matches(&e.peer, &view)
+            Self::entry_allows_port(&e.ports, flow.protocol, flow.port, dst_identity)
+                && self.peer_matches(&e.peer, &view)
         };
         if explain {
-            let rules: Vec<RuleOrigin> = side.entries.iter().filter(matching).map(|e| e.origin).collect();
+            let rules: Vec<RuleOrigin> = side
+                .entries
+                .iter()
+                .filter(matching)
+                .map(|e| e.origin)
+                .collect();
             if !rules.is_empty() {
                 return SideVerdict::Allowed { rules };
             }
         } else if let Some(e) = side.entries.iter().find(matching) {
-            return SideVerdict::Allowed { rules: vec![e.origin] };
+            return SideVerdict::Allowed {
+                rules: vec![e.origin],
+            };
         }
-        SideVerdict::Denied { policies: side.policies.clone() }
+        SideVerdict::Denied {
+            policies: side.policies.clone(),
+        }
     }
 
     /// The verdict for a flow, naming every rule that allows it on each side.
     pub fn verdict(&self, flow: &Flow) -> Verdict {
         if let Some(special) = self.special_case(&flow.src, &flow.dst) {
-            return Verdict { allowed: true, egress: special.clone(), ingress: special };
+            return Verdict {
+                allowed: true,
+                egress: special.clone(),
+                ingress: special,
+            };
         }
         let egress = self.side(Direction::Egress, &flow.src, &flow.dst, flow, true);
         let ingress = self.side(Direction::Ingress, &flow.dst, &flow.src, flow, true);
-        Verdict { allowed: egress.allows() && ingress.allows(), egress, ingress }
+        Verdict {
+            allowed: egress.allows() && ingress.allows(),
+            egress,
+            ingress,
+        }
     }
 
     /// Just the answer: the hot path for matrices and benchmarks.
@@ -192,16 +236,30 @@ impl Engine {
             && self.side_allows(Direction::Ingress, &flow.dst, &flow.src, flow)
     }
 
-    fn side_allows(&self, direction: Direction, this: &FlowEnd, other: &FlowEnd, flow: &Flow) -> bool {
-        let FlowEnd::Endpoint(id) = this else { return true };
-        let Some(side) = self.compiled(self.endpoint_identity(*id)).direction(direction) else { return true };
+    fn side_allows(
+        &self,
+        direction: Direction,
+        this: &FlowEnd,
+        other: &FlowEnd,
+        flow: &Flow,
+    ) -> bool {
+        let FlowEnd::Endpoint(id) = this else {
+            return true;
+        };
+        let Some(side) = self
+            .compiled(self.endpoint_identity(*id))
+            .direction(direction)
+        else {
+            return true;
+        };
         let view = self.peer_view(other);
         let dst_identity = match direction {
             Direction::Ingress => Some(self.identity(self.endpoint_identity(*id))),
             Direction::Egress => view.identity.map(|(_, i)| i),
         };
         side.entries.iter().any(|e| {
-            Self::entry_allows_port(&e.ports, flow.protocol, flow.port, dst_identity) && self.peer_matches(&e.peer, &view)
+            Self::entry_allows_port(&e.ports, flow.protocol, flow.port, dst_identity)
+                && self.peer_matches(&e.peer, &view)
         })
     }
 
@@ -219,8 +277,15 @@ impl Engine {
     }
 
     fn side_connections(&self, direction: Direction, this: &FlowEnd, other: &FlowEnd) -> ConnSet {
-        let FlowEnd::Endpoint(id) = this else { return ConnSet::all() };
-        let Some(side) = self.compiled(self.endpoint_identity(*id)).direction(direction) else { return ConnSet::all() };
+        let FlowEnd::Endpoint(id) = this else {
+            return ConnSet::all();
+        };
+        let Some(side) = self
+            .compiled(self.endpoint_identity(*id))
+            .direction(direction)
+        else {
+            return ConnSet::all();
+        };
         let view = self.peer_view(other);
         let dst_identity = match direction {
             Direction::Ingress => Some(self.identity(self.endpoint_identity(*id))),

@@ -202,73 +202,179 @@ pub fn parse_sources(sources: &[Source]) -> Manifests {
     out
 }
 
-fn documents(source: &Source) -> Result<Vec<Value>, String> {
+/// One document, as text (YAML) or as a parsed JSON value.
+enum Doc<'a> {
+    Yaml(&'a str),
+    Json(Value),
+}
+
+fn documents(source: &Source) -> Result<Vec<Doc<'_>>, String> {
     let trimmed = source.text.trim_start();
     if source.name.ends_with(".json") || trimmed.starts_with('{') || trimmed.starts_with('[') {
         // JSON: one value, or a stream of values.
         let stream = serde_json::Deserializer::from_str(&source.text).into_iter::<Value>();
         if let Ok(values) = stream.collect::<Result<Vec<_>, _>>() {
-            return Ok(values);
+            return Ok(values.into_iter().map(Doc::Json).collect());
         }
     }
-    // Manifests of generated clusters run to many thousands of documents:
-    // raise the parser's default budget, keep its depth and alias limits.
-    let options = serde_saphyr::options! {
+    Ok(split_yaml(&source.text)
+        .into_iter()
+        .map(Doc::Yaml)
+        .collect())
+}
+
+/// Splits a YAML stream at `---` and `...` lines. Each document is then
+/// deserialized straight into its Kubernetes type, which keeps kubectl's
+/// reading of plain scalars: `name: y` or `version: 2` into a string field is
+/// the string "y" or "2", not a boolean or a number.
+fn split_yaml(text: &str) -> Vec<&str> {
+    let mut docs = Vec::new();
+    let mut start = 0;
+    let mut offset = 0;
+    let is_content = |d: &str| {
+        d.lines().any(|l| {
+            !l.trim().is_empty() && !l.trim_start().starts_with('#') && !l.starts_with('%')
+        })
+    };
+    for line in text.split_inclusive('\n') {
+        let bare = line.trim_end();
+        let separator = bare == "---" || line.starts_with("--- ") || line.starts_with("---\t");
+        if separator || bare == "..." {
+            if is_content(&text[start..offset]) {
+                docs.push(&text[start..offset]);
+            }
+            // Content after `--- ` on the same line belongs to the next document.
+            start = if separator {
+                offset + 3
+            } else {
+                offset + line.len()
+            };
+        }
+        offset += line.len();
+    }
+    if is_content(&text[start..]) {
+        docs.push(&text[start..]);
+    }
+    docs
+}
+
+fn yaml_options() -> serde_saphyr::Options {
+    // Generated clusters run to many thousands of objects: raise the
+    // parser's size budget, keep its depth and alias limits.
+    serde_saphyr::options! {
         budget: serde_saphyr::budget! {
             max_documents: 10_000_000,
             max_events: usize::MAX,
             max_nodes: usize::MAX,
         },
-    };
-    serde_saphyr::from_multiple_with_options::<Value>(&source.text, options)
-        .map(|docs| docs.into_iter().filter(|d| !d.is_null()).collect())
-        .map_err(|e| e.to_string())
+    }
 }
 
-fn parse_document(doc: Value, location: Location, out: &mut Manifests) {
-    let Some(kind) = doc.get("kind").and_then(Value::as_str).map(str::to_string) else {
-        let reason = if doc.is_object() {
-            "no `kind`"
-        } else {
-            "the document is not a mapping"
-        };
+/// What dispatch needs: kind, apiVersion, name, namespace, and List items.
+#[derive(serde::Deserialize, Default)]
+struct Head {
+    #[serde(default, rename = "apiVersion")]
+    api_version: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    metadata: Option<HeadMeta>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct HeadMeta {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+fn head(doc: &Doc) -> Result<Head, String> {
+    match doc {
+        Doc::Json(v) => {
+            if !v.is_object() {
+                return Err("the document is not a mapping".into());
+            }
+            Ok(Head {
+                api_version: v
+                    .get("apiVersion")
+                    .and_then(Value::as_str)
+                    .map(String::from),
+                kind: v.get("kind").and_then(Value::as_str).map(String::from),
+                metadata: Some(HeadMeta {
+                    name: v
+                        .pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .map(String::from),
+                    namespace: v
+                        .pointer("/metadata/namespace")
+                        .and_then(Value::as_str)
+                        .map(String::from),
+                }),
+            })
+        }
+        Doc::Yaml(text) => serde_saphyr::from_str_with_options::<Head>(text, yaml_options())
+            .map_err(|e| e.to_string()),
+    }
+}
+
+fn parse_document(doc: Doc, location: Location, out: &mut Manifests) {
+    let head = match head(&doc) {
+        Ok(h) => h,
+        Err(reason) => {
+            let problem = match doc {
+                Doc::Yaml(_) => Problem::Syntax {
+                    file: location.to_string(),
+                    reason,
+                },
+                Doc::Json(_) => Problem::NotAnObject { location, reason },
+            };
+            return out.problems.push(problem);
+        }
+    };
+    let Some(kind) = head.kind.clone() else {
         return out.problems.push(Problem::NotAnObject {
             location,
-            reason: reason.into(),
+            reason: "no `kind`".into(),
         });
     };
     if kind.ends_with("List") {
-        if let Some(Value::Array(items)) = doc.get("items") {
-            for (j, item) in items.iter().enumerate() {
-                let location = Location {
-                    item: Some(j),
-                    ..location.clone()
-                };
-                parse_document(item.clone(), location, out);
+        let value = match &doc {
+            Doc::Json(v) => Ok(v.clone()),
+            Doc::Yaml(text) => serde_saphyr::from_str_with_options::<Value>(text, yaml_options())
+                .map_err(|e| e.to_string()),
+        };
+        match value {
+            Ok(Value::Object(mut map)) => {
+                if let Some(Value::Array(items)) = map.remove("items") {
+                    for (j, item) in items.into_iter().enumerate() {
+                        let location = Location {
+                            item: Some(j),
+                            ..location.clone()
+                        };
+                        parse_document(Doc::Json(item), location, out);
+                    }
+                    return;
+                }
             }
-            return;
+            Ok(_) => {}
+            Err(reason) => {
+                return out.problems.push(Problem::Syntax {
+                    file: location.to_string(),
+                    reason,
+                })
+            }
         }
     }
-    let api_version = doc
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
+    let api_version = head.api_version.unwrap_or_default();
     let Some(reader) = READERS.iter().find(|r| r.kind == kind) else {
         *out.skipped.entry(kind).or_default() += 1;
         return;
     };
     let namespaced = reader.namespaced;
-    let name = doc
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let namespace = doc
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-        .unwrap_or("default")
-        .to_string();
+    let meta = head.metadata.unwrap_or_default();
+    let name = meta.name.unwrap_or_default();
+    let namespace = meta.namespace.unwrap_or_else(|| "default".into());
     let object_ref = ObjectRef {
         kind: kind.clone(),
         namespace: namespaced.then(|| namespace.clone()),
@@ -323,21 +429,42 @@ struct Reader {
     kind: &'static str,
     api_versions: &'static [&'static str],
     namespaced: bool,
-    read: fn(Value, &str, &mut FieldErrors) -> Option<Object>,
+    read: fn(Doc, &str, &mut FieldErrors) -> Option<Object>,
 }
 
 /// Deserializes into a k8s-openapi type; a type error carries its field path.
-fn typed<T: DeserializeOwned>(doc: Value, errors: &mut FieldErrors) -> Option<T> {
-    match serde_path_to_error::deserialize::<_, T>(doc) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            let path = e.path().to_string();
-            errors.push(
-                &FieldPath::root(if path == "." { "" } else { &path }),
-                e.into_inner().to_string(),
-            );
-            None
-        }
+fn typed<T: DeserializeOwned>(doc: Doc, errors: &mut FieldErrors) -> Option<T> {
+    let from_value =
+        |value: Value, errors: &mut FieldErrors| match serde_path_to_error::deserialize::<_, T>(
+            value,
+        ) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let path = e.path().to_string();
+                errors.push(
+                    &FieldPath::root(if path == "." { "" } else { &path }),
+                    e.into_inner().to_string(),
+                );
+                None
+            }
+        };
+    match doc {
+        Doc::Json(value) => from_value(value, errors),
+        Doc::Yaml(text) => match serde_saphyr::from_str_with_options::<T>(text, yaml_options()) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                // Find the field path through the untyped reading; fall back
+                // to the parser's own message (it has line and column).
+                let before = errors.0.len();
+                if let Ok(v) = serde_saphyr::from_str_with_options::<Value>(text, yaml_options()) {
+                    from_value(v, errors);
+                }
+                if errors.0.len() == before {
+                    errors.push(&FieldPath::root("(document)"), e.to_string());
+                }
+                None
+            }
+        },
     }
 }
 

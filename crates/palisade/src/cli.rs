@@ -1,0 +1,152 @@
+//! Command-line definitions (clap derive): the whole surface in one place.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "palisade",
+    version,
+    about = "Kubernetes network security: analyze, explain, lint and diff NetworkPolicies"
+)]
+#[command(
+    long_about = "Palisade reads Kubernetes manifests (files, directories, or - for stdin) and answers what traffic \
+their NetworkPolicies allow, with the exact upstream semantics.\n\nExit codes: 0 success; 1 findings or changes that \
+the command was asked to fail on; 2 invalid input or usage."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Connectivity of the cluster the manifests describe.
+    Analyze(AnalyzeArgs),
+    /// The decision chain for one connection, rule by rule, on both sides.
+    Explain(ExplainArgs),
+    /// Findings a reviewer wants: dead selectors, shadowed rules, missing default-deny, ...
+    Lint(LintArgs),
+    /// Connections gained and lost between two sets of manifests.
+    Diff(DiffArgs),
+    /// Benchmark tools: generate realistic clusters.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Print shell completions.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
+}
+
+#[derive(Args)]
+pub struct InputArgs {
+    /// Manifest files or directories (recursive; .yaml, .yml, .json); - reads stdin.
+    #[arg(value_name = "PATH", default_value = "-")]
+    pub paths: Vec<PathBuf>,
+    /// Report invalid objects and go on without them, instead of refusing to run.
+    #[arg(long)]
+    pub skip_invalid: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AnalyzeFormat {
+    Table,
+    Json,
+    Tsv,
+    Dot,
+    Html,
+}
+
+#[derive(Args)]
+pub struct AnalyzeArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    pub format: AnalyzeFormat,
+    /// Probe verdicts per pair for PROTO/PORT (tcp, udp, sctp), e.g. --port tcp/80; repeatable.
+    #[arg(long = "port", value_name = "PROTO/PORT")]
+    pub ports: Vec<String>,
+    /// Only these sources: an endpoint (ns/name, ns/name[Kind]) or ns/*; repeatable.
+    #[arg(long = "from")]
+    pub from: Vec<String>,
+    /// Only these destinations, as --from.
+    #[arg(long = "to")]
+    pub to: Vec<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TextOrJson {
+    Table,
+    Json,
+}
+
+#[derive(Args)]
+pub struct ExplainArgs {
+    /// Source endpoint (ns/name or ns/name[Kind]) or IP address.
+    pub src: String,
+    /// Destination endpoint or IP address.
+    pub dst: String,
+    /// PROTO/PORT, e.g. tcp/80.
+    pub port: String,
+    #[command(flatten)]
+    pub input: InputArgs,
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    pub format: TextOrJson,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum FailOn {
+    Info,
+    Warning,
+    Error,
+    Never,
+}
+
+#[derive(Args)]
+pub struct LintArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    pub format: TextOrJson,
+    /// Exit 1 when a finding at or above this severity is present.
+    #[arg(long, value_enum, default_value = "warning")]
+    pub fail_on: FailOn,
+}
+
+#[derive(Args)]
+pub struct DiffArgs {
+    /// The manifests before (file or directory).
+    pub old: PathBuf,
+    /// The manifests after (file or directory).
+    pub new: PathBuf,
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    pub format: TextOrJson,
+    /// Report invalid objects and go on without them.
+    #[arg(long)]
+    pub skip_invalid: bool,
+    /// Exit 1 when any connection is gained or lost.
+    #[arg(long)]
+    pub exit_code: bool,
+}
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Write a realistic generated cluster as multi-document YAML to stdout.
+    Gen(GenArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct GenArgs {
+    #[arg(long, default_value_t = 20)]
+    pub namespaces: usize,
+    #[arg(long, default_value_t = 1000)]
+    pub pods: usize,
+    #[arg(long, default_value_t = 200)]
+    pub policies: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}

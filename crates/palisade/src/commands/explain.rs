@@ -1,0 +1,85 @@
+//! `palisade explain`: why one connection is allowed or denied.
+
+use std::io::Write;
+
+use anyhow::Result;
+use palisade_engine::{Engine, Flow, FlowEnd};
+use palisade_model::EndpointKey;
+
+use crate::cli::{ExplainArgs, TextOrJson};
+use crate::input::{load_engine, parse_probe, Failure, Ui};
+
+fn resolve(engine: &Engine, s: &str) -> Result<FlowEnd, Failure> {
+    if let Ok(ip) = s.parse() {
+        return Ok(FlowEnd::Address(ip));
+    }
+    engine
+        .endpoint_id(&EndpointKey::parse(s))
+        .map(FlowEnd::Endpoint)
+        .ok_or_else(|| {
+            Failure::Usage(format!(
+                "{s:?}: no such endpoint (write ns/name, ns/name[Kind], or an IP address)"
+            ))
+        })
+}
+
+pub fn run(args: &ExplainArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
+    let (protocol, port) = parse_probe(&args.port)?;
+    let (_, engine) = load_engine(&args.input.paths, args.input.skip_invalid, ui)?;
+    let flow = Flow {
+        src: resolve(&engine, &args.src)?,
+        dst: resolve(&engine, &args.dst)?,
+        protocol,
+        port,
+    };
+    let e = engine.explain(&flow);
+    if args.format == TextOrJson::Json {
+        serde_json::to_writer_pretty(&mut *out, &e)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{} -> {} {}/{}: {}",
+        e.source,
+        e.destination,
+        protocol.as_lower(),
+        port,
+        if e.allowed { "ALLOWED" } else { "DENIED" }
+    )?;
+    for side in [&e.egress, &e.ingress] {
+        let what = match side.direction {
+            palisade_model::Direction::Egress => "egress from",
+            palisade_model::Direction::Ingress => "ingress to",
+        };
+        let summary = match side.decision {
+            "external" => "outside the cluster: no policy applies".to_string(),
+            "self" => "an endpoint's traffic to itself never leaves its network namespace: allowed"
+                .to_string(),
+            "node-local" => "traffic between a pod and its own node is always allowed".to_string(),
+            "not-isolated" => "no policy selects it for this direction: allowed".to_string(),
+            "allowed" => format!("isolated by {} policy(ies); allowed", side.policies.len()),
+            _ => format!(
+                "isolated by {} policy(ies); no rule allows it: DENIED",
+                side.policies.len()
+            ),
+        };
+        writeln!(out, "\n{what} {}: {summary}", side.endpoint)?;
+        for p in &side.policies {
+            writeln!(out, "  NetworkPolicy {}", p.policy)?;
+            if p.rules.is_empty() {
+                writeln!(out, "    (no {} rules: denies all)", side.direction)?;
+            }
+            for r in &p.rules {
+                writeln!(
+                    out,
+                    "    rule {}: {} - {}",
+                    r.index,
+                    if r.allows { "allows" } else { "no match" },
+                    r.reason
+                )?;
+            }
+        }
+    }
+    Ok(())
+}

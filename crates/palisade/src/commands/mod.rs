@@ -1,0 +1,4 @@
+pub mod analyze;
+pub mod diff;
+pub mod explain;
+pub mod lint;

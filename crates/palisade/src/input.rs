@@ -1,0 +1,142 @@
+//! From paths to a compiled engine, reporting every problem on the way.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use palisade_engine::Engine;
+use palisade_model::{parse_sources, read_paths, Cluster};
+
+/// Outcome the binary maps to an exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// Input could not be used; details were already printed.
+    #[error("{0}")]
+    Input(String),
+    /// The command ran and found what it was asked to fail on.
+    #[error("{0}")]
+    Findings(String),
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// Messages to stderr: coloured on a terminal, plain when piped.
+pub struct Ui {
+    color: bool,
+}
+
+impl Ui {
+    pub fn new() -> Self {
+        Ui {
+            color: std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+        }
+    }
+
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+
+    pub fn error(&self, msg: &str) {
+        eprintln!("{} {msg}", self.paint("1;31", "error:"));
+    }
+
+    pub fn warn(&self, msg: &str) {
+        eprintln!("{} {msg}", self.paint("1;33", "warning:"));
+    }
+
+    pub fn note(&self, msg: &str) {
+        eprintln!("{} {msg}", self.paint("1;36", "note:"));
+    }
+
+    pub fn severity(&self, severity: &str) -> String {
+        match severity {
+            "error" => self.paint("1;31", severity),
+            "warning" => self.paint("1;33", severity),
+            _ => self.paint("1;36", severity),
+        }
+    }
+}
+
+/// Reads, validates and assembles a cluster. Invalid input stops here
+/// unless `skip_invalid`, so an analysis never runs on half a cluster by
+/// accident.
+pub fn load_cluster(paths: &[PathBuf], skip_invalid: bool, ui: &Ui) -> Result<Cluster, Failure> {
+    let (sources, mut problems) = read_paths(paths);
+    let manifests = parse_sources(&sources);
+    let skipped = manifests.skipped.clone();
+    let (cluster, more, notices) = Cluster::from_manifests(manifests);
+    problems.extend(more);
+    for n in &notices {
+        ui.note(&n.0);
+    }
+    if !skipped.is_empty() {
+        let kinds: Vec<String> = skipped.iter().map(|(k, n)| format!("{k} ({n})")).collect();
+        ui.note(&format!(
+            "skipped objects of kinds palisade does not read: {}",
+            kinds.join(", ")
+        ));
+    }
+    if problems.is_empty() {
+        return Ok(cluster);
+    }
+    for p in &problems {
+        if skip_invalid {
+            ui.warn(&format!("{p} (skipped)"));
+        } else {
+            ui.error(&p.to_string());
+        }
+    }
+    if skip_invalid {
+        Ok(cluster)
+    } else {
+        Err(Failure::Input(format!(
+            "{} problem(s) in the input; fix them, or pass --skip-invalid to analyze without the invalid objects",
+            problems.len()
+        )))
+    }
+}
+
+pub fn load_engine(
+    paths: &[PathBuf],
+    skip_invalid: bool,
+    ui: &Ui,
+) -> Result<(Cluster, Engine), Failure> {
+    let cluster = load_cluster(paths, skip_invalid, ui)?;
+    let engine = Engine::from_cluster(&cluster);
+    Ok((cluster, engine))
+}
+
+/// `tcp/80` -> (TCP, 80).
+pub fn parse_probe(s: &str) -> Result<(palisade_model::Protocol, u16), Failure> {
+    let bad = || {
+        Failure::Usage(format!(
+            "{s:?}: expected PROTO/PORT with PROTO tcp, udp or sctp and PORT 1-65535, e.g. tcp/80"
+        ))
+    };
+    let (proto, port) = s.split_once('/').ok_or_else(bad)?;
+    let protocol =
+        palisade_model::Protocol::parse_api(&proto.to_ascii_uppercase()).ok_or_else(bad)?;
+    let port: u16 = port.parse().ok().filter(|p| *p > 0).ok_or_else(bad)?;
+    Ok((protocol, port))
+}
+
+/// Does an endpoint key match a filter: exact key, `ns/*`, `*/name` or `*`.
+pub fn key_matches(pattern: &str, key: &palisade_model::EndpointKey) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    let shown = key.to_string();
+    if shown == pattern {
+        return true;
+    }
+    match pattern.split_once('/') {
+        Some((ns, "*")) => key.namespace == ns,
+        Some(("*", name)) => {
+            name == key.name || shown.split_once('/').is_some_and(|(_, n)| n == name)
+        }
+        _ => palisade_model::EndpointKey::parse(pattern) == *key,
+    }
+}
