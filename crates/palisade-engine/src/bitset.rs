@@ -57,6 +57,18 @@ impl BitSet {
     }
 }
 
+impl BitSet {
+    /// `self |= other`.
+    pub fn extend_from(&mut self, other: &BitSet) {
+        if other.words.len() > self.words.len() {
+            self.words.resize(other.words.len(), 0);
+        }
+        for (a, b) in self.words.iter_mut().zip(&other.words) {
+            *a |= b;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,17 +85,5 @@ mod tests {
         assert!(!s.contains(64));
         assert!(!s.remove(1000));
         assert_eq!(s.len(), 2);
-    }
-}
-
-impl BitSet {
-    /// `self |= other`.
-    pub fn extend_from(&mut self, other: &BitSet) {
-        if other.words.len() > self.words.len() {
-            self.words.resize(other.words.len(), 0);
-        }
-        for (a, b) in self.words.iter_mut().zip(&other.words) {
-            *a |= b;
-        }
     }
 }

@@ -233,10 +233,7 @@ impl NetworkPolicy {
         };
         let parse_rules = |field: &str,
                            peer_field: &str,
-                           rules: Vec<(
-            Option<&Vec<net::NetworkPolicyPeer>>,
-            Option<&Vec<net::NetworkPolicyPort>>,
-        )>,
+                           rules: Vec<RawRule>,
                            errors: &mut FieldErrors| {
             rules
                 .into_iter()
@@ -318,6 +315,9 @@ impl NetworkPolicy {
         }
     }
 }
+
+/// A rule as the API has it: peers (`from` or `to`) and ports.
+type RawRule<'a> = (Option<&'a Vec<net::NetworkPolicyPeer>>, Option<&'a Vec<net::NetworkPolicyPort>>);
 
 fn parse_peer(
     peer: &net::NetworkPolicyPeer,

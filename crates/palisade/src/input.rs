@@ -24,6 +24,12 @@ pub struct Ui {
     color: bool,
 }
 
+impl Default for Ui {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Ui {
     pub fn new() -> Self {
         Ui {

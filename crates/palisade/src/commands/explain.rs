@@ -13,14 +13,26 @@ fn resolve(engine: &Engine, s: &str) -> Result<FlowEnd, Failure> {
     if let Ok(ip) = s.parse() {
         return Ok(FlowEnd::Address(ip));
     }
-    engine
-        .endpoint_id(&EndpointKey::parse(s))
-        .map(FlowEnd::Endpoint)
-        .ok_or_else(|| {
-            Failure::Usage(format!(
-                "{s:?}: no such endpoint (write ns/name, ns/name[Kind], or an IP address)"
-            ))
-        })
+    let key = EndpointKey::parse(s);
+    if let Some(id) = engine.endpoint_id(&key) {
+        return Ok(FlowEnd::Endpoint(id));
+    }
+    // `ns/name` also finds a workload `ns/name[Kind]` when only one has that name.
+    let candidates: Vec<_> = engine
+        .endpoints()
+        .filter(|(_, e)| key.kind.is_none() && e.key.namespace == key.namespace && e.key.name == key.name)
+        .map(|(id, _)| id)
+        .collect();
+    match candidates.as_slice() {
+        [one] => Ok(FlowEnd::Endpoint(*one)),
+        [] => Err(Failure::Usage(format!(
+            "{s:?}: no such endpoint (write ns/name, ns/name[Kind], or an IP address)"
+        ))),
+        many => Err(Failure::Usage(format!(
+            "{s:?} is ambiguous: {}",
+            many.iter().map(|id| engine.endpoint(*id).key.to_string()).collect::<Vec<_>>().join(", ")
+        ))),
+    }
 }
 
 pub fn run(args: &ExplainArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit/integration/conformance/
+# property/golden tests, and a benchmark smoke run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/ensure-toolchain.sh
+start=$(date +%s)
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== cargo test"
+cargo test --workspace --quiet 2>&1 | tee /tmp/palisade-test.$$.log
+echo "== benchmark smoke run (each benchmark once)"
+cargo bench --quiet -p palisade --bench engine -- --test
+echo "== all tests passed in $(( $(date +%s) - start ))s"
