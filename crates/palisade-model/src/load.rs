@@ -92,12 +92,12 @@ pub enum Problem {
     },
 }
 
+/// One error stays on the line; several go one per indented line.
 fn join_errors(errors: &[FieldError]) -> String {
-    errors
-        .iter()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join("; ")
+    match errors {
+        [one] => one.to_string(),
+        many => many.iter().map(|e| format!("\n  {e}")).collect(),
+    }
 }
 
 /// Everything read from a set of sources.

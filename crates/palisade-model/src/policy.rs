@@ -317,7 +317,10 @@ impl NetworkPolicy {
 }
 
 /// A rule as the API has it: peers (`from` or `to`) and ports.
-type RawRule<'a> = (Option<&'a Vec<net::NetworkPolicyPeer>>, Option<&'a Vec<net::NetworkPolicyPort>>);
+type RawRule<'a> = (
+    Option<&'a Vec<net::NetworkPolicyPeer>>,
+    Option<&'a Vec<net::NetworkPolicyPort>>,
+);
 
 fn parse_peer(
     peer: &net::NetworkPolicyPeer,

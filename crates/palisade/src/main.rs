@@ -37,7 +37,10 @@ fn main() -> ExitCode {
     let ui = Ui::new();
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
-    let result = run(cli, &ui, &mut out).and_then(|()| out.flush().map_err(Into::into));
+    let result = run(cli, &ui, &mut out);
+    // Output first, then the verdict about it.
+    let flushed = out.flush();
+    let result = result.and_then(|()| flushed.map_err(Into::into));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -20,7 +20,9 @@ fn resolve(engine: &Engine, s: &str) -> Result<FlowEnd, Failure> {
     // `ns/name` also finds a workload `ns/name[Kind]` when only one has that name.
     let candidates: Vec<_> = engine
         .endpoints()
-        .filter(|(_, e)| key.kind.is_none() && e.key.namespace == key.namespace && e.key.name == key.name)
+        .filter(|(_, e)| {
+            key.kind.is_none() && e.key.namespace == key.namespace && e.key.name == key.name
+        })
         .map(|(id, _)| id)
         .collect();
     match candidates.as_slice() {
@@ -30,7 +32,10 @@ fn resolve(engine: &Engine, s: &str) -> Result<FlowEnd, Failure> {
         ))),
         many => Err(Failure::Usage(format!(
             "{s:?} is ambiguous: {}",
-            many.iter().map(|id| engine.endpoint(*id).key.to_string()).collect::<Vec<_>>().join(", ")
+            many.iter()
+                .map(|id| engine.endpoint(*id).key.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
     }
 }
