@@ -100,12 +100,7 @@ impl ConnSet {
     }
 
     pub fn all() -> Self {
-        ConnSet {
-            tcp: PortRanges::full(),
-            udp: PortRanges::full(),
-            sctp: PortRanges::full(),
-            other_protocols: true,
-        }
+        ConnSet { tcp: PortRanges::full(), udp: PortRanges::full(), sctp: PortRanges::full(), other_protocols: true }
     }
 
     pub fn is_all(&self) -> bool {
@@ -216,17 +211,8 @@ impl fmt::Display for ConnSet {
                 parts.push(format!("{p} all ports"));
                 continue;
             }
-            let ranges: Vec<String> = r
-                .ranges()
-                .iter()
-                .map(|&(a, b)| {
-                    if a == b {
-                        a.to_string()
-                    } else {
-                        format!("{a}-{b}")
-                    }
-                })
-                .collect();
+            let ranges: Vec<String> =
+                r.ranges().iter().map(|&(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect();
             parts.push(format!("{p} {}", ranges.join(",")));
         }
         if self.other_protocols {

@@ -24,12 +24,7 @@ pub struct PairChange {
 /// side only counts as having no connections on the other.
 pub fn diff(old: (&Engine, &Matrix), new: (&Engine, &Matrix)) -> Vec<PairChange> {
     let index = |(engine, matrix): (&Engine, &Matrix)| -> BTreeMap<String, usize> {
-        matrix
-            .endpoints
-            .iter()
-            .enumerate()
-            .map(|(i, id)| (engine.endpoint(*id).key.to_string(), i))
-            .collect()
+        matrix.endpoints.iter().enumerate().map(|(i, id)| (engine.endpoint(*id).key.to_string(), i)).collect()
     };
     let (old_index, new_index) = (index(old), index(new));
     let mut names: Vec<&String> = old_index.keys().chain(new_index.keys()).collect();
@@ -42,11 +37,10 @@ pub fn diff(old: (&Engine, &Matrix), new: (&Engine, &Matrix)) -> Vec<PairChange>
             if src == dst {
                 continue;
             }
-            let lookup =
-                |idx: &BTreeMap<String, usize>, m: &Matrix| match (idx.get(*src), idx.get(*dst)) {
-                    (Some(&i), Some(&j)) => m.get(i, j).clone(),
-                    _ => none.clone(),
-                };
+            let lookup = |idx: &BTreeMap<String, usize>, m: &Matrix| match (idx.get(*src), idx.get(*dst)) {
+                (Some(&i), Some(&j)) => m.get(i, j).clone(),
+                _ => none.clone(),
+            };
             let before = lookup(&old_index, old.1);
             let after = lookup(&new_index, new.1);
             if before != after {

@@ -9,8 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use palisade_model::{
-    Direction, Endpoint, EndpointKey, IpBlock, Labels, Namespace, NetworkPolicy, Peer, PolicyPort,
-    NAMESPACE_NAME_LABEL,
+    Direction, Endpoint, EndpointKey, IpBlock, Labels, Namespace, NetworkPolicy, Peer, PolicyPort, NAMESPACE_NAME_LABEL,
 };
 
 use crate::identity::{Identities, Identity, IdentityId};
@@ -173,8 +172,7 @@ impl Engine {
             return;
         }
         self.namespaces.0.insert(ns.name.clone(), ns.labels.clone());
-        self.selectors
-            .namespace_relabeled(&ns.name, &self.identities, &self.namespaces);
+        self.selectors.namespace_relabeled(&ns.name, &self.identities, &self.namespaces);
     }
 
     /// A deleted namespace keeps only the label the API server gives every
@@ -187,8 +185,7 @@ impl Engine {
         if !self.namespaces.0.contains_key(name) {
             let labels = Labels::from([(NAMESPACE_NAME_LABEL.to_string(), name.to_string())]);
             self.namespaces.0.insert(name.to_string(), labels);
-            self.selectors
-                .namespace_relabeled(name, &self.identities, &self.namespaces);
+            self.selectors.namespace_relabeled(name, &self.identities, &self.namespaces);
         }
     }
 
@@ -251,8 +248,7 @@ impl Engine {
         let (id, created) = self.identities.acquire(identity);
         if created {
             let identity = self.identities.get(id).clone();
-            self.selectors
-                .identity_added(id, &identity, &self.namespaces);
+            self.selectors.identity_added(id, &identity, &self.namespaces);
             self.dirty.insert(id);
             self.removed.remove(&id);
         }
@@ -283,9 +279,7 @@ impl Engine {
     }
 
     pub fn endpoints(&self) -> impl Iterator<Item = (EndpointId, &Endpoint)> {
-        self.endpoints
-            .iter()
-            .map(|(i, s)| (EndpointId(i), &s.endpoint))
+        self.endpoints.iter().map(|(i, s)| (EndpointId(i), &s.endpoint))
     }
 
     pub fn identity(&self, id: IdentityId) -> &Identity {
@@ -314,12 +308,9 @@ impl Engine {
             }
             self.remove_policy(&key.0, &key.1);
         }
-        let target = self
-            .selectors
-            .acquire(&policy.target(), &self.identities, &self.namespaces);
+        let target = self.selectors.acquire(&policy.target(), &self.identities, &self.namespaces);
         let mut selectors = vec![target];
-        let mut compile_rules = |rules: Option<&[palisade_model::Rule]>,
-                                 selectors: &mut Vec<SelectorId>| {
+        let mut compile_rules = |rules: Option<&[palisade_model::Rule]>, selectors: &mut Vec<SelectorId>| {
             rules
                 .into_iter()
                 .flatten()
@@ -329,9 +320,7 @@ impl Engine {
                         .iter()
                         .map(|peer| match peer {
                             Peer::Selector(sel) => {
-                                let id =
-                                    self.selectors
-                                        .acquire(sel, &self.identities, &self.namespaces);
+                                let id = self.selectors.acquire(sel, &self.identities, &self.namespaces);
                                 selectors.push(id);
                                 PeerMatch::Selector(id)
                             }
@@ -352,23 +341,14 @@ impl Engine {
             self.dirty.insert(IdentityId(i));
         }
         let ns = policy.namespace.clone();
-        let id = PolicyId(self.policies.insert(PolicyState {
-            policy,
-            target,
-            ingress,
-            egress,
-            selectors,
-        }));
+        let id = PolicyId(self.policies.insert(PolicyState { policy, target, ingress, egress, selectors }));
         self.policy_by_key.insert(key, id);
         self.policies_by_namespace.entry(ns).or_default().insert(id);
         id
     }
 
     pub fn remove_policy(&mut self, namespace: &str, name: &str) -> bool {
-        let Some(id) = self
-            .policy_by_key
-            .remove(&(namespace.to_string(), name.to_string()))
-        else {
+        let Some(id) = self.policy_by_key.remove(&(namespace.to_string(), name.to_string())) else {
             return false;
         };
         let state = self.policies.remove(id.0).expect("live policy");
@@ -389,9 +369,7 @@ impl Engine {
     }
 
     pub fn policy_id(&self, namespace: &str, name: &str) -> Option<PolicyId> {
-        self.policy_by_key
-            .get(&(namespace.to_string(), name.to_string()))
-            .copied()
+        self.policy_by_key.get(&(namespace.to_string(), name.to_string())).copied()
     }
 
     pub fn policies(&self) -> impl Iterator<Item = (PolicyId, &NetworkPolicy)> {
@@ -469,16 +447,8 @@ impl Engine {
                 continue;
             }
             for (direction, rules, isolates) in [
-                (
-                    Direction::Ingress,
-                    &state.ingress,
-                    state.policy.ingress.is_some(),
-                ),
-                (
-                    Direction::Egress,
-                    &state.egress,
-                    state.policy.egress.is_some(),
-                ),
+                (Direction::Ingress, &state.ingress, state.policy.ingress.is_some()),
+                (Direction::Egress, &state.egress, state.policy.egress.is_some()),
             ] {
                 if !isolates {
                     continue;
@@ -489,12 +459,7 @@ impl Engine {
                 };
                 side.policies.push(pid);
                 for (r, rule) in rules.iter().enumerate() {
-                    let origin = |peer| RuleOrigin {
-                        policy: pid,
-                        direction,
-                        rule: r as u32,
-                        peer,
-                    };
+                    let origin = |peer| RuleOrigin { policy: pid, direction, rule: r as u32, peer };
                     if rule.peers.is_empty() {
                         side.entries.push(AllowEntry {
                             peer: PeerMatch::Any,
@@ -520,9 +485,7 @@ impl Engine {
     #[inline]
     pub fn compiled(&self, id: IdentityId) -> &CompiledIdentity {
         debug_assert!(self.dirty.is_empty(), "query before compile()");
-        self.compiled[id.0 as usize]
-            .as_deref()
-            .expect("compiled identity")
+        self.compiled[id.0 as usize].as_deref().expect("compiled identity")
     }
 
     /// Every distinct ipBlock in the compiled rules (for address classes).

@@ -62,30 +62,16 @@ impl Engine {
         let verdict: Verdict = self.verdict(flow);
         let side = |direction: Direction, this: &FlowEnd, other: &FlowEnd, verdict: SideVerdict| {
             let policies = match (this, &verdict) {
-                (
-                    FlowEnd::Endpoint(id),
-                    SideVerdict::Allowed { .. } | SideVerdict::Denied { .. },
-                ) => {
+                (FlowEnd::Endpoint(id), SideVerdict::Allowed { .. } | SideVerdict::Denied { .. }) => {
                     let compiled = self.compiled(self.endpoint_identity(*id));
                     compiled
                         .direction(direction)
-                        .map(|d| {
-                            d.policies
-                                .iter()
-                                .map(|p| self.explain_policy(*p, direction, flow, other))
-                                .collect()
-                        })
+                        .map(|d| d.policies.iter().map(|p| self.explain_policy(*p, direction, flow, other)).collect())
                         .unwrap_or_default()
                 }
                 _ => Vec::new(),
             };
-            SideExplanation {
-                direction,
-                endpoint: self.end_name(this),
-                decision: verdict.name(),
-                verdict,
-                policies,
-            }
+            SideExplanation { direction, endpoint: self.end_name(this), decision: verdict.name(), verdict, policies }
         };
         Explanation {
             source: self.end_name(&flow.src),
@@ -93,28 +79,12 @@ impl Engine {
             protocol: flow.protocol,
             port: flow.port,
             allowed: verdict.allowed,
-            egress: side(
-                Direction::Egress,
-                &flow.src,
-                &flow.dst,
-                verdict.egress.clone(),
-            ),
-            ingress: side(
-                Direction::Ingress,
-                &flow.dst,
-                &flow.src,
-                verdict.ingress.clone(),
-            ),
+            egress: side(Direction::Egress, &flow.src, &flow.dst, verdict.egress.clone()),
+            ingress: side(Direction::Ingress, &flow.dst, &flow.src, verdict.ingress.clone()),
         }
     }
 
-    fn explain_policy(
-        &self,
-        id: PolicyId,
-        direction: Direction,
-        flow: &Flow,
-        other: &FlowEnd,
-    ) -> PolicyExplanation {
+    fn explain_policy(&self, id: PolicyId, direction: Direction, flow: &Flow, other: &FlowEnd) -> PolicyExplanation {
         let policy = self.policy(id);
         let dst_identity = match flow.dst {
             FlowEnd::Endpoint(e) => Some(self.identity(self.endpoint_identity(e))),
@@ -132,18 +102,14 @@ impl Engine {
                 } else {
                     rule.peers.iter().enumerate().find_map(|(p, peer)| {
                         let hit = match peer {
-                            Peer::Selector(_) => {
-                                match (other, self.rule_peer_selector(id, direction, r, p)) {
-                                    (FlowEnd::Endpoint(e), Some(sel)) => self
-                                        .selector_cache()
-                                        .contains(sel, self.endpoint_identity(*e)),
-                                    _ => false,
+                            Peer::Selector(_) => match (other, self.rule_peer_selector(id, direction, r, p)) {
+                                (FlowEnd::Endpoint(e), Some(sel)) => {
+                                    self.selector_cache().contains(sel, self.endpoint_identity(*e))
                                 }
-                            }
+                                _ => false,
+                            },
                             Peer::IpBlock(b) => match other {
-                                FlowEnd::Endpoint(e) => {
-                                    self.endpoint(*e).ips.iter().any(|ip| b.contains(*ip))
-                                }
+                                FlowEnd::Endpoint(e) => self.endpoint(*e).ips.iter().any(|ip| b.contains(*ip)),
                                 FlowEnd::Address(ip) => b.contains(*ip),
                             },
                         };
@@ -157,51 +123,28 @@ impl Engine {
                         let ok = p.protocol == flow.protocol
                             && match &p.port {
                                 PortSpec::All => true,
-                                PortSpec::Range { start, end } => {
-                                    *start <= flow.port && flow.port <= *end
-                                }
+                                PortSpec::Range { start, end } => *start <= flow.port && flow.port <= *end,
                                 PortSpec::Named(n) => {
-                                    dst_identity.and_then(|d| d.named_port(n, p.protocol))
-                                        == Some(flow.port)
+                                    dst_identity.and_then(|d| d.named_port(n, p.protocol)) == Some(flow.port)
                                 }
                             };
                         ok.then(|| format!("port {p}"))
                     })
                 };
                 let (allows, reason) = match (&peer_hit, &port_hit) {
-                    (Some(peer), Some(port)) => {
-                        (true, format!("{other_name} matches {peer} on {port}"))
-                    }
-                    (None, _) => (
-                        false,
-                        format!(
-                            "{other_name} matches none of its {} peers",
-                            rule.peers.len()
-                        ),
-                    ),
+                    (Some(peer), Some(port)) => (true, format!("{other_name} matches {peer} on {port}")),
+                    (None, _) => (false, format!("{other_name} matches none of its {} peers", rule.peers.len())),
                     (Some(_), None) => {
                         let ports: Vec<String> = rule.ports.iter().map(|p| p.to_string()).collect();
                         (
                             false,
-                            format!(
-                                "{} {} is not among its ports ({})",
-                                flow.protocol,
-                                flow.port,
-                                ports.join(", ")
-                            ),
+                            format!("{} {} is not among its ports ({})", flow.protocol, flow.port, ports.join(", ")),
                         )
                     }
                 };
-                RuleExplanation {
-                    index: r,
-                    allows,
-                    reason,
-                }
+                RuleExplanation { index: r, allows, reason }
             })
             .collect();
-        PolicyExplanation {
-            policy: format!("{}/{}", policy.namespace, policy.name),
-            rules,
-        }
+        PolicyExplanation { policy: format!("{}/{}", policy.namespace, policy.name), rules }
     }
 }

@@ -26,10 +26,7 @@ pub struct Identity {
 impl Identity {
     /// The port number a named port resolves to on this identity, per protocol.
     pub fn named_port(&self, name: &str, protocol: palisade_model::Protocol) -> Option<u16> {
-        self.ports
-            .iter()
-            .find(|p| p.protocol == protocol && p.name.as_deref() == Some(name))
-            .map(|p| p.port)
+        self.ports.iter().find(|p| p.protocol == protocol && p.name.as_deref() == Some(name)).map(|p| p.port)
     }
 }
 
@@ -56,26 +53,14 @@ impl Identities {
     /// Takes a reference; returns the id and whether the identity is new.
     pub fn acquire(&mut self, identity: Identity) -> (IdentityId, bool) {
         if let Some(&id) = self.by_value.get(&identity) {
-            self.slots
-                .get_mut(id.0)
-                .expect("interned identity has a slot")
-                .refs += 1;
+            self.slots.get_mut(id.0).expect("interned identity has a slot").refs += 1;
             return (id, false);
         }
         let identity = Arc::new(identity);
-        let id = IdentityId(self.slots.insert(Slot {
-            identity: identity.clone(),
-            refs: 1,
-        }));
-        self.by_namespace
-            .entry(identity.namespace.clone())
-            .or_default()
-            .insert(id.0);
+        let id = IdentityId(self.slots.insert(Slot { identity: identity.clone(), refs: 1 }));
+        self.by_namespace.entry(identity.namespace.clone()).or_default().insert(id.0);
         for (k, v) in &identity.labels {
-            self.by_label
-                .entry((k.clone(), v.clone()))
-                .or_default()
-                .insert(id.0);
+            self.by_label.entry((k.clone(), v.clone())).or_default().insert(id.0);
             self.by_key.entry(k.clone()).or_default().insert(id.0);
         }
         self.by_value.insert(identity, id);
@@ -84,10 +69,7 @@ impl Identities {
 
     /// Drops a reference; returns true when the identity is gone.
     pub fn release(&mut self, id: IdentityId) -> bool {
-        let slot = self
-            .slots
-            .get_mut(id.0)
-            .expect("released identity has a slot");
+        let slot = self.slots.get_mut(id.0).expect("released identity has a slot");
         slot.refs -= 1;
         if slot.refs > 0 {
             return false;
@@ -115,9 +97,7 @@ impl Identities {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (IdentityId, &Identity)> {
-        self.slots
-            .iter()
-            .map(|(i, s)| (IdentityId(i), &*s.identity))
+        self.slots.iter().map(|(i, s)| (IdentityId(i), &*s.identity))
     }
 
     pub fn len(&self) -> usize {

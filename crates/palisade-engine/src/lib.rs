@@ -22,8 +22,8 @@ pub mod verdict;
 
 pub use connset::{ConnSet, PortRanges};
 pub use engine::{
-    AllowEntry, Changes, CompiledIdentity, DirectionPolicy, EndpointId, Engine, PeerMatch,
-    PolicyId, PortMatch, RuleOrigin,
+    AllowEntry, Changes, CompiledIdentity, DirectionPolicy, EndpointId, Engine, PeerMatch, PolicyId, PortMatch,
+    RuleOrigin,
 };
 pub use explain::Explanation;
 pub use identity::{Identity, IdentityId};

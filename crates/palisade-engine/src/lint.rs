@@ -5,9 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use palisade_model::{
-    Direction, NamespaceScope, NetworkPolicy, Peer, PolicyPort, PortSpec, Protocol, Rule,
-};
+use palisade_model::{Direction, NamespaceScope, NetworkPolicy, Peer, PolicyPort, PortSpec, Protocol, Rule};
 use serde::Serialize;
 
 use crate::connset::ConnSet;
@@ -61,12 +59,7 @@ pub fn lint(engine: &Engine) -> Vec<Finding> {
     duplicates(&policies, &mut out);
     default_deny(engine, &policies, &mut out);
     dns(engine, &mut out);
-    out.sort_by(|a, b| {
-        b.severity
-            .cmp(&a.severity)
-            .then_with(|| a.object.cmp(&b.object))
-            .then_with(|| a.id.cmp(b.id))
-    });
+    out.sort_by(|a, b| b.severity.cmp(&a.severity).then_with(|| a.object.cmp(&b.object)).then_with(|| a.id.cmp(b.id)));
     out
 }
 
@@ -76,10 +69,7 @@ fn selects_nothing(engine: &Engine, id: PolicyId, p: &NetworkPolicy, out: &mut V
             id: "policy-selects-nothing",
             severity: Severity::Warning,
             object: policy_ref(p),
-            message: format!(
-                "podSelector {} matches no endpoint in namespace {}",
-                p.pod_selector, p.namespace
-            ),
+            message: format!("podSelector {} matches no endpoint in namespace {}", p.pod_selector, p.namespace),
             fix: "fix the podSelector labels, or delete the policy".into(),
         });
     }
@@ -88,13 +78,7 @@ fn selects_nothing(engine: &Engine, id: PolicyId, p: &NetworkPolicy, out: &mut V
 fn rules_of(p: &NetworkPolicy) -> impl Iterator<Item = (Direction, usize, &Rule)> {
     [Direction::Ingress, Direction::Egress]
         .into_iter()
-        .flat_map(move |d| {
-            p.rules(d)
-                .unwrap_or_default()
-                .iter()
-                .enumerate()
-                .map(move |(i, r)| (d, i, r))
-        })
+        .flat_map(move |d| p.rules(d).unwrap_or_default().iter().enumerate().map(move |(i, r)| (d, i, r)))
 }
 
 fn field(d: Direction) -> (&'static str, &'static str) {
@@ -105,32 +89,26 @@ fn field(d: Direction) -> (&'static str, &'static str) {
 }
 
 fn peers_match_nothing(engine: &Engine, p: &NetworkPolicy, out: &mut Vec<Finding>) {
-    let id = engine
-        .policy_id(&p.namespace, &p.name)
-        .expect("linted policy is loaded");
+    let id = engine.policy_id(&p.namespace, &p.name).expect("linted policy is loaded");
     for (d, r, rule) in rules_of(p) {
         let (section, peers) = field(d);
         for (j, peer) in rule.peers.iter().enumerate() {
             let Peer::Selector(sel) = peer else { continue };
             let path = format!("spec.{section}[{r}].{peers}[{j}]");
             if let NamespaceScope::Matching(ns_sel) = &sel.namespaces {
-                if !engine
-                    .namespaces()
-                    .any(|(_, labels)| ns_sel.matches(labels))
-                {
+                if !engine.namespaces().any(|(_, labels)| ns_sel.matches(labels)) {
                     out.push(Finding {
                         id: "namespace-selector-matches-nothing",
                         severity: Severity::Warning,
                         object: policy_ref(p),
                         message: format!("{path}.namespaceSelector {ns_sel} matches no namespace"),
-                        fix: "check the namespace labels (every namespace has kubernetes.io/metadata.name=<name>)".into(),
+                        fix: "check the namespace labels (every namespace has kubernetes.io/metadata.name=<name>)"
+                            .into(),
                     });
                     continue;
                 }
             }
-            let sid = engine
-                .rule_peer_selector(id, d, r, j)
-                .expect("selector peer");
+            let sid = engine.rule_peer_selector(id, d, r, j).expect("selector peer");
             if engine.selector_cache().members(sid).is_empty() {
                 out.push(Finding {
                     id: "selector-matches-nothing",
@@ -155,16 +133,11 @@ fn named_ports(engine: &Engine, id: PolicyId, p: &NetworkPolicy, out: &mut Vec<F
             // Ingress: the selected pods must declare it; egress: some
             // destination the rule can reach must.
             let declared = match d {
-                Direction::Ingress => targets.iter().any(|t| {
-                    engine
-                        .identity(*t)
-                        .named_port(name, port.protocol)
-                        .is_some()
-                }),
+                Direction::Ingress => {
+                    targets.iter().any(|t| engine.identity(*t).named_port(name, port.protocol).is_some())
+                }
                 Direction::Egress => engine.endpoints().any(|(_, e)| {
-                    e.ports.iter().any(|c| {
-                        c.protocol == port.protocol && c.name.as_deref() == Some(name.as_str())
-                    })
+                    e.ports.iter().any(|c| c.protocol == port.protocol && c.name.as_deref() == Some(name.as_str()))
                 }),
             };
             if !declared {
@@ -198,7 +171,9 @@ fn ip_blocks_cover_pods(engine: &Engine, p: &NetworkPolicy, out: &mut Vec<Findin
                     id: "ipblock-covers-pod-network",
                     severity: Severity::Warning,
                     object: policy_ref(p),
-                    message: format!("spec.{section}[{r}].{peers}[{j}].ipBlock {block} also matches {covered} pod(s) of the cluster"),
+                    message: format!(
+                        "spec.{section}[{r}].{peers}[{j}].ipBlock {block} also matches {covered} pod(s) of the cluster"
+                    ),
                     fix: "add the pod CIDR to `except`, and select pods with pod/namespace selectors".into(),
                 });
             }
@@ -247,16 +222,11 @@ fn peer_covers(a: &Peer, b: &Peer) -> bool {
 
 fn rule_covers(a: &Rule, b: &Rule) -> bool {
     let peers_ok = a.peers.is_empty()
-        || (!b.peers.is_empty()
-            && b.peers
-                .iter()
-                .all(|pb| a.peers.iter().any(|pa| peer_covers(pa, pb))));
+        || (!b.peers.is_empty() && b.peers.iter().all(|pb| a.peers.iter().any(|pa| peer_covers(pa, pb))));
     let (a_ports, a_named) = port_view(&a.ports);
     let (b_ports, b_named) = port_view(&b.ports);
     let ports_ok = a.ports.is_empty()
-        || (b_ports.difference(&a_ports).is_none()
-            && !b_ports.other_protocols()
-            && b_named.is_subset(&a_named));
+        || (b_ports.difference(&a_ports).is_none() && !b_ports.other_protocols() && b_named.is_subset(&a_named));
     peers_ok && ports_ok
 }
 
@@ -265,16 +235,16 @@ fn shadowed_rules(p: &NetworkPolicy, out: &mut Vec<Finding>) {
         let rules = p.rules(d).unwrap_or_default();
         let (section, _) = field(d);
         for (j, b) in rules.iter().enumerate() {
-            let by = rules
-                .iter()
-                .enumerate()
-                .find(|(i, a)| *i != j && rule_covers(a, b) && (!rule_covers(b, a) || *i < j));
+            let by =
+                rules.iter().enumerate().find(|(i, a)| *i != j && rule_covers(a, b) && (!rule_covers(b, a) || *i < j));
             if let Some((i, _)) = by {
                 out.push(Finding {
                     id: "rule-shadowed",
                     severity: Severity::Info,
                     object: policy_ref(p),
-                    message: format!("spec.{section}[{j}] allows nothing that spec.{section}[{i}] does not already allow"),
+                    message: format!(
+                        "spec.{section}[{j}] allows nothing that spec.{section}[{i}] does not already allow"
+                    ),
                     fix: format!("remove spec.{section}[{j}], or narrow spec.{section}[{i}]"),
                 });
             }
@@ -285,17 +255,13 @@ fn shadowed_rules(p: &NetworkPolicy, out: &mut Vec<Finding>) {
 fn duplicates(policies: &[(PolicyId, &NetworkPolicy)], out: &mut Vec<Finding>) {
     let mut seen: BTreeMap<String, &NetworkPolicy> = BTreeMap::new();
     for (_, p) in policies {
-        let key = serde_json::to_string(&(&p.namespace, &p.pod_selector, &p.ingress, &p.egress))
-            .unwrap_or_default();
+        let key = serde_json::to_string(&(&p.namespace, &p.pod_selector, &p.ingress, &p.egress)).unwrap_or_default();
         match seen.get(&key) {
             Some(first) => out.push(Finding {
                 id: "duplicate-policy",
                 severity: Severity::Warning,
                 object: policy_ref(p),
-                message: format!(
-                    "same selector and rules as NetworkPolicy {}/{}",
-                    first.namespace, first.name
-                ),
+                message: format!("same selector and rules as NetworkPolicy {}/{}", first.namespace, first.name),
                 fix: "delete one of the two".into(),
             }),
             None => {
@@ -313,15 +279,15 @@ fn default_deny(engine: &Engine, policies: &[(PolicyId, &NetworkPolicy)], out: &
         }
     }
     for ns in with_endpoints {
-        let has = policies.iter().any(|(_, p)| {
-            p.namespace == ns && p.pod_selector.is_everything() && p.ingress.is_some()
-        });
+        let has =
+            policies.iter().any(|(_, p)| p.namespace == ns && p.pod_selector.is_everything() && p.ingress.is_some());
         if !has {
             out.push(Finding {
                 id: "namespace-without-default-deny",
                 severity: Severity::Info,
                 object: format!("Namespace {ns}"),
-                message: "has endpoints but no policy with `podSelector: {}` isolating ingress: new pods start open".into(),
+                message: "has endpoints but no policy with `podSelector: {}` isolating ingress: new pods start open"
+                    .into(),
                 fix: format!("add a default-deny NetworkPolicy in {ns} (podSelector: {{}}, policyTypes: [Ingress])"),
             });
         }
@@ -353,27 +319,17 @@ fn dns(engine: &Engine, out: &mut Vec<Finding>) {
         });
         if !allows_dns {
             reported.insert(identity);
-            by_namespace
-                .entry(e.key.namespace.clone())
-                .or_default()
-                .push(e.key.to_string());
+            by_namespace.entry(e.key.namespace.clone()).or_default().push(e.key.to_string());
         }
     }
     for (ns, endpoints) in by_namespace {
         let shown: Vec<&str> = endpoints.iter().take(5).map(String::as_str).collect();
-        let more = if endpoints.len() > 5 {
-            format!(" and {} more", endpoints.len() - 5)
-        } else {
-            String::new()
-        };
+        let more = if endpoints.len() > 5 { format!(" and {} more", endpoints.len() - 5) } else { String::new() };
         out.push(Finding {
             id: "egress-blocks-dns",
             severity: Severity::Warning,
             object: format!("Namespace {ns}"),
-            message: format!(
-                "egress of {}{more} allows no UDP port 53: name resolution will fail",
-                shown.join(", ")
-            ),
+            message: format!("egress of {}{more} allows no UDP port 53: name resolution will fail", shown.join(", ")),
             fix: "allow egress to kube-system/kube-dns on UDP and TCP 53".into(),
         });
     }

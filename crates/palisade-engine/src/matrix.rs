@@ -7,7 +7,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use std::sync::Arc;
+
+use palisade_model::{Direction, IpBlock};
+
+use crate::bitset::BitSet;
 use crate::connset::ConnSet;
+use crate::engine::PeerMatch;
 use crate::engine::{EndpointId, Engine};
 use crate::identity::IdentityId;
 use crate::verdict::FlowEnd;
@@ -59,20 +65,30 @@ impl Matrix {
             class_of.push(c);
         }
         let n = classes.len();
+        let candidates = PeerCandidates::new(engine, &endpoints, &classes, &blocks);
         let mut interned: HashMap<ConnSet, u32> = HashMap::new();
         let mut conns = Vec::new();
         let mut intern = |c: ConnSet| -> u32 {
-            let next = conns.len() as u32;
-            *interned.entry(c.clone()).or_insert_with(|| {
-                conns.push(c);
-                next
-            })
+            if let Some(&id) = interned.get(&c) {
+                return id;
+            }
+            let id = conns.len() as u32;
+            interned.insert(c.clone(), id);
+            conns.push(c);
+            id
         };
         let none = intern(ConnSet::none());
         let mut cells = vec![none; n * n];
         for a in 0..n {
             let src = FlowEnd::Endpoint(endpoints[classes[a][0]]);
+            let egress_peers = candidates.egress[a].as_ref();
             for b in 0..n {
+                // Denied by construction: no rule of an isolated side can match the other.
+                let excluded = egress_peers.is_some_and(|c| !c.contains(b as u32))
+                    || candidates.ingress[b].as_ref().is_some_and(|c| !c.contains(a as u32));
+                if excluded && !candidates.special[a] && !candidates.special[b] {
+                    continue;
+                }
                 let dst_index = if a == b {
                     match classes[b].get(1) {
                         Some(&second) => second,
@@ -85,13 +101,7 @@ impl Matrix {
                 cells[a * n + b] = intern(conn);
             }
         }
-        Matrix {
-            endpoints,
-            class_of,
-            classes,
-            cells,
-            conns,
-        }
+        Matrix { endpoints, class_of, classes, cells, conns }
     }
 
     /// Connections from endpoint index `i` to endpoint index `j` (`i != j`).
@@ -109,11 +119,7 @@ impl Matrix {
     /// one policy reads as one line whatever its size.
     pub fn grouped(&self, engine: &Engine) -> Vec<GroupRow> {
         let n = self.classes.len();
-        let none_id = self
-            .conns
-            .iter()
-            .position(|c| c.is_none())
-            .map(|i| i as u32);
+        let none_id = self.conns.iter().position(|c| c.is_none()).map(|i| i as u32);
         let same_namespace = |a: usize, b: usize| {
             let ka = &engine.endpoint(self.endpoints[self.classes[a][0]]).key;
             let kb = &engine.endpoint(self.endpoints[self.classes[b][0]]).key;
@@ -127,35 +133,23 @@ impl Matrix {
             for b in (0..n).filter(|&b| b != a && same_namespace(a, b)) {
                 *counts.entry(self.cells[a * n + b]).or_default() += 1;
             }
-            counts
-                .into_iter()
-                .max_by_key(|(c, k)| (*k, std::cmp::Reverse(*c)))
-                .map(|(c, _)| c)
+            counts.into_iter().max_by_key(|(c, k)| (*k, std::cmp::Reverse(*c))).map(|(c, _)| c)
         };
         let mut by_signature: BTreeMap<Vec<(u32, Vec<u32>)>, Vec<u32>> = BTreeMap::new();
         for a in 0..n {
             let mut row: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
             for b in 0..n {
-                let cell = if a == b && self.classes[a].len() == 1 {
-                    self_cell(a)
-                } else {
-                    Some(self.cells[a * n + b])
-                };
+                let cell =
+                    if a == b && self.classes[a].len() == 1 { self_cell(a) } else { Some(self.cells[a * n + b]) };
                 match cell {
                     Some(c) if Some(c) != none_id => row.entry(c).or_default().push(b as u32),
                     _ => {}
                 }
             }
-            by_signature
-                .entry(row.into_iter().collect())
-                .or_default()
-                .push(a as u32);
+            by_signature.entry(row.into_iter().collect()).or_default().push(a as u32);
         }
         let members = |classes: &[u32]| -> Vec<usize> {
-            let mut v: Vec<usize> = classes
-                .iter()
-                .flat_map(|&c| self.classes[c as usize].iter().copied())
-                .collect();
+            let mut v: Vec<usize> = classes.iter().flat_map(|&c| self.classes[c as usize].iter().copied()).collect();
             v.sort_unstable();
             v
         };
@@ -171,10 +165,69 @@ impl Matrix {
             }
         }
         rows.sort_by(|a, b| {
-            (a.sources.first(), a.destinations.first())
-                .cmp(&(b.sources.first(), b.destinations.first()))
+            (a.sources.first(), a.destinations.first()).cmp(&(b.sources.first(), b.destinations.first()))
         });
         rows
+    }
+}
+
+/// For each class isolated in a direction, the classes some rule's peer
+/// can match: every other pair is denied without evaluating it, so the
+/// matrix costs what the allowed pairs cost in default-deny clusters.
+struct PeerCandidates {
+    ingress: Vec<Option<BitSet>>,
+    egress: Vec<Option<BitSet>>,
+    /// Classes of host-network endpoints: node-local traffic is allowed
+    /// whatever the rules say, so their pairs are always evaluated.
+    special: Vec<bool>,
+}
+
+impl PeerCandidates {
+    fn new(engine: &Engine, endpoints: &[EndpointId], classes: &[Vec<usize>], blocks: &[Arc<IpBlock>]) -> Self {
+        let n = classes.len();
+        let mut by_identity: HashMap<IdentityId, Vec<u32>> = HashMap::new();
+        let mut by_block: Vec<Vec<u32>> = vec![Vec::new(); blocks.len()];
+        let mut special = vec![false; n];
+        for (c, members) in classes.iter().enumerate() {
+            let id = endpoints[members[0]];
+            by_identity.entry(engine.endpoint_identity(id)).or_default().push(c as u32);
+            let ep = engine.endpoint(id);
+            special[c] = ep.host_network;
+            for (j, b) in blocks.iter().enumerate() {
+                if ep.ips.iter().any(|ip| b.contains(*ip)) {
+                    by_block[j].push(c as u32);
+                }
+            }
+        }
+        let block_index: HashMap<&IpBlock, usize> = blocks.iter().enumerate().map(|(j, b)| (&**b, j)).collect();
+        let side = |direction: Direction| -> Vec<Option<BitSet>> {
+            (0..n)
+                .map(|c| {
+                    let compiled = engine.compiled(engine.endpoint_identity(endpoints[classes[c][0]]));
+                    let policy = compiled.direction(direction)?;
+                    let mut set = BitSet::default();
+                    for e in &policy.entries {
+                        match &e.peer {
+                            PeerMatch::Any => return None,
+                            PeerMatch::Selector(sel) => {
+                                for i in engine.selector_cache().members(*sel).iter() {
+                                    for &k in by_identity.get(&IdentityId(i)).into_iter().flatten() {
+                                        set.insert(k);
+                                    }
+                                }
+                            }
+                            PeerMatch::IpBlock(b) => {
+                                for &k in &by_block[block_index[&**b]] {
+                                    set.insert(k);
+                                }
+                            }
+                        }
+                    }
+                    Some(set)
+                })
+                .collect()
+        };
+        PeerCandidates { ingress: side(Direction::Ingress), egress: side(Direction::Egress), special }
     }
 }
 

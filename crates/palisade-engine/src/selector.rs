@@ -44,11 +44,7 @@ pub struct SelectorCache {
 /// Does `selector` match `identity` in a namespace with `ns_labels`?
 /// Host-network endpoints are never matched: their traffic carries the
 /// node's address, not a pod's.
-pub fn selector_matches(
-    selector: &PeerSelector,
-    identity: &Identity,
-    ns_labels: Option<&Labels>,
-) -> bool {
+pub fn selector_matches(selector: &PeerSelector, identity: &Identity, ns_labels: Option<&Labels>) -> bool {
     if identity.host_network {
         return false;
     }
@@ -72,11 +68,7 @@ impl SelectorCache {
             return id;
         }
         let members = evaluate(selector, identities, namespaces);
-        let id = SelectorId(self.slots.insert(Entry {
-            selector: selector.clone(),
-            members,
-            refs: 1,
-        }));
+        let id = SelectorId(self.slots.insert(Entry { selector: selector.clone(), members, refs: 1 }));
         self.by_value.insert(selector.clone(), id);
         match &selector.namespaces {
             NamespaceScope::Named(ns) => {
@@ -137,12 +129,7 @@ impl SelectorCache {
     }
 
     /// A new identity: test it against the selectors that could match it.
-    pub fn identity_added(
-        &mut self,
-        id: IdentityId,
-        identity: &Identity,
-        namespaces: &dyn NamespaceLabels,
-    ) {
+    pub fn identity_added(&mut self, id: IdentityId, identity: &Identity, namespaces: &dyn NamespaceLabels) {
         let ns_labels = namespaces.labels_of(&identity.namespace);
         let candidates = self
             .by_namespace
@@ -171,12 +158,7 @@ impl SelectorCache {
 
     /// A namespace's labels changed: re-test cross-namespace selectors on
     /// the identities in it.
-    pub fn namespace_relabeled(
-        &mut self,
-        namespace: &str,
-        identities: &Identities,
-        namespaces: &dyn NamespaceLabels,
-    ) {
+    pub fn namespace_relabeled(&mut self, namespace: &str, identities: &Identities, namespaces: &dyn NamespaceLabels) {
         let Some(in_ns) = identities.by_namespace.get(namespace) else {
             return;
         };
@@ -184,13 +166,8 @@ impl SelectorCache {
         for &sid in &self.cross_namespace {
             let entry = self.slots.get_mut(sid.0).expect("live selector");
             for i in in_ns.iter() {
-                let now =
-                    selector_matches(&entry.selector, identities.get(IdentityId(i)), ns_labels);
-                let changed = if now {
-                    entry.members.insert(i)
-                } else {
-                    entry.members.remove(i)
-                };
+                let now = selector_matches(&entry.selector, identities.get(IdentityId(i)), ns_labels);
+                let changed = if now { entry.members.insert(i) } else { entry.members.remove(i) };
                 if changed {
                     self.changed.insert(sid);
                 }
@@ -206,11 +183,7 @@ impl SelectorCache {
 
 /// Evaluates a new selector. With an `In` requirement it starts from that
 /// label's posting list, so the cost follows the matches, not the cluster.
-fn evaluate(
-    selector: &PeerSelector,
-    identities: &Identities,
-    namespaces: &dyn NamespaceLabels,
-) -> BitSet {
+fn evaluate(selector: &PeerSelector, identities: &Identities, namespaces: &dyn NamespaceLabels) -> BitSet {
     let mut members = BitSet::default();
     let candidates: Option<BitSet> = selector
         .pods
@@ -226,19 +199,13 @@ fn evaluate(
                 }
                 Some(set)
             }
-            Requirement::Exists { key } => {
-                Some(identities.by_key.get(key).cloned().unwrap_or_default())
-            }
+            Requirement::Exists { key } => Some(identities.by_key.get(key).cloned().unwrap_or_default()),
             _ => None,
         })
         .min_by_key(|s| s.len());
     let mut test = |i: u32| {
         let identity = identities.get(IdentityId(i));
-        if selector_matches(
-            selector,
-            identity,
-            namespaces.labels_of(&identity.namespace),
-        ) {
+        if selector_matches(selector, identity, namespaces.labels_of(&identity.namespace)) {
             members.insert(i);
         }
     };

@@ -8,10 +8,7 @@ pub struct Slots<T> {
 
 impl<T> Default for Slots<T> {
     fn default() -> Self {
-        Slots {
-            items: Vec::new(),
-            free: Vec::new(),
-        }
+        Slots { items: Vec::new(), free: Vec::new() }
     }
 }
 
@@ -47,17 +44,11 @@ impl<T> Slots<T> {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (u32, &T)> {
-        self.items
-            .iter()
-            .enumerate()
-            .filter_map(|(i, t)| t.as_ref().map(|t| (i as u32, t)))
+        self.items.iter().enumerate().filter_map(|(i, t)| t.as_ref().map(|t| (i as u32, t)))
     }
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (u32, &mut T)> {
-        self.items
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(i, t)| t.as_mut().map(|t| (i as u32, t)))
+        self.items.iter_mut().enumerate().filter_map(|(i, t)| t.as_mut().map(|t| (i as u32, t)))
     }
 
     pub fn len(&self) -> usize {

@@ -79,15 +79,9 @@ impl Engine {
         match end {
             FlowEnd::Endpoint(id) => {
                 let identity = self.endpoint_identity(*id);
-                PeerView {
-                    identity: Some((identity, self.identity(identity))),
-                    ips: &self.endpoint(*id).ips,
-                }
+                PeerView { identity: Some((identity, self.identity(identity))), ips: &self.endpoint(*id).ips }
             }
-            FlowEnd::Address(ip) => PeerView {
-                identity: None,
-                ips: std::slice::from_ref(ip),
-            },
+            FlowEnd::Address(ip) => PeerView { identity: None, ips: std::slice::from_ref(ip) },
         }
     }
 
@@ -95,9 +89,7 @@ impl Engine {
     fn peer_matches(&self, peer: &PeerMatch, view: &PeerView) -> bool {
         match peer {
             PeerMatch::Any => true,
-            PeerMatch::Selector(sel) => view
-                .identity
-                .is_some_and(|(id, _)| self.selectors.contains(*sel, id)),
+            PeerMatch::Selector(sel) => view.identity.is_some_and(|(id, _)| self.selectors.contains(*sel, id)),
             // An endpoint with several addresses (replicas, dual stack) is
             // matched when any of them is: reachability is over-approximated,
             // never hidden.
@@ -128,12 +120,7 @@ impl Engine {
     }
 
     #[inline]
-    fn entry_allows_port(
-        ports: &PortMatch,
-        protocol: Protocol,
-        port: u16,
-        dst: Option<&Identity>,
-    ) -> bool {
+    fn entry_allows_port(ports: &PortMatch, protocol: Protocol, port: u16, dst: Option<&Identity>) -> bool {
         match ports {
             PortMatch::Any => true,
             PortMatch::Ports(list) => list.iter().any(|p| {
@@ -141,9 +128,7 @@ impl Engine {
                     && match &p.port {
                         PortSpec::All => true,
                         PortSpec::Range { start, end } => *start <= port && port <= *end,
-                        PortSpec::Named(name) => {
-                            dst.and_then(|d| d.named_port(name, protocol)) == Some(port)
-                        }
+                        PortSpec::Named(name) => dst.and_then(|d| d.named_port(name, protocol)) == Some(port),
                     }
             }),
         }
@@ -165,14 +150,7 @@ impl Engine {
 
     /// One side's decision. `this` is the endpoint whose policy applies,
     /// `other` the flow's other end, `dst` the destination's identity.
-    fn side(
-        &self,
-        direction: Direction,
-        this: &FlowEnd,
-        other: &FlowEnd,
-        flow: &Flow,
-        explain: bool,
-    ) -> SideVerdict {
+    fn side(&self, direction: Direction, this: &FlowEnd, other: &FlowEnd, flow: &Flow, explain: bool) -> SideVerdict {
         let FlowEnd::Endpoint(id) = this else {
             return SideVerdict::External;
         };
@@ -190,41 +168,24 @@ impl Engine {
                 && self.peer_matches(&e.peer, &view)
         };
         if explain {
-            let rules: Vec<RuleOrigin> = side
-                .entries
-                .iter()
-                .filter(matching)
-                .map(|e| e.origin)
-                .collect();
+            let rules: Vec<RuleOrigin> = side.entries.iter().filter(matching).map(|e| e.origin).collect();
             if !rules.is_empty() {
                 return SideVerdict::Allowed { rules };
             }
         } else if let Some(e) = side.entries.iter().find(matching) {
-            return SideVerdict::Allowed {
-                rules: vec![e.origin],
-            };
+            return SideVerdict::Allowed { rules: vec![e.origin] };
         }
-        SideVerdict::Denied {
-            policies: side.policies.clone(),
-        }
+        SideVerdict::Denied { policies: side.policies.clone() }
     }
 
     /// The verdict for a flow, naming every rule that allows it on each side.
     pub fn verdict(&self, flow: &Flow) -> Verdict {
         if let Some(special) = self.special_case(&flow.src, &flow.dst) {
-            return Verdict {
-                allowed: true,
-                egress: special.clone(),
-                ingress: special,
-            };
+            return Verdict { allowed: true, egress: special.clone(), ingress: special };
         }
         let egress = self.side(Direction::Egress, &flow.src, &flow.dst, flow, true);
         let ingress = self.side(Direction::Ingress, &flow.dst, &flow.src, flow, true);
-        Verdict {
-            allowed: egress.allows() && ingress.allows(),
-            egress,
-            ingress,
-        }
+        Verdict { allowed: egress.allows() && ingress.allows(), egress, ingress }
     }
 
     /// Just the answer: the hot path for matrices and benchmarks.
@@ -236,20 +197,11 @@ impl Engine {
             && self.side_allows(Direction::Ingress, &flow.dst, &flow.src, flow)
     }
 
-    fn side_allows(
-        &self,
-        direction: Direction,
-        this: &FlowEnd,
-        other: &FlowEnd,
-        flow: &Flow,
-    ) -> bool {
+    fn side_allows(&self, direction: Direction, this: &FlowEnd, other: &FlowEnd, flow: &Flow) -> bool {
         let FlowEnd::Endpoint(id) = this else {
             return true;
         };
-        let Some(side) = self
-            .compiled(self.endpoint_identity(*id))
-            .direction(direction)
-        else {
+        let Some(side) = self.compiled(self.endpoint_identity(*id)).direction(direction) else {
             return true;
         };
         let view = self.peer_view(other);
@@ -280,10 +232,7 @@ impl Engine {
         let FlowEnd::Endpoint(id) = this else {
             return ConnSet::all();
         };
-        let Some(side) = self
-            .compiled(self.endpoint_identity(*id))
-            .direction(direction)
-        else {
+        let Some(side) = self.compiled(self.endpoint_identity(*id)).direction(direction) else {
             return ConnSet::all();
         };
         let view = self.peer_view(other);

@@ -78,9 +78,7 @@ impl Cluster {
             }
         }
         cluster.endpoints = endpoints.into_values().collect();
-        cluster
-            .policies
-            .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        cluster.policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         let used = cluster
             .endpoints
             .iter()
@@ -88,10 +86,7 @@ impl Cluster {
             .chain(cluster.policies.iter().map(|p| p.namespace.clone()))
             .collect::<Vec<_>>();
         for ns in used {
-            cluster
-                .namespaces
-                .entry(ns.clone())
-                .or_insert_with(|| Namespace::implied(&ns));
+            cluster.namespaces.entry(ns.clone()).or_insert_with(|| Namespace::implied(&ns));
         }
         (cluster, problems, notices)
     }

@@ -29,22 +29,16 @@ pub struct EndpointKey {
 
 impl EndpointKey {
     pub fn pod(namespace: &str, name: &str) -> Self {
-        EndpointKey {
-            namespace: namespace.into(),
-            name: name.into(),
-            kind: None,
-        }
+        EndpointKey { namespace: namespace.into(), name: name.into(), kind: None }
     }
 
     /// Parses the display form; a missing namespace means `default`.
     pub fn parse(s: &str) -> Self {
         let (namespace, rest) = s.split_once('/').unwrap_or(("default", s));
         match rest.strip_suffix(']').and_then(|r| r.split_once('[')) {
-            Some((name, kind)) => EndpointKey {
-                namespace: namespace.into(),
-                name: name.into(),
-                kind: Some(kind.into()),
-            },
+            Some((name, kind)) => {
+                EndpointKey { namespace: namespace.into(), name: name.into(), kind: Some(kind.into()) }
+            }
             None => EndpointKey::pod(namespace, rest),
         }
     }
@@ -81,24 +75,13 @@ pub struct Endpoint {
 }
 
 /// The kinds read as workloads, with where their pod template lives.
-pub const WORKLOAD_KINDS: &[&str] = &[
-    "Deployment",
-    "StatefulSet",
-    "DaemonSet",
-    "ReplicaSet",
-    "ReplicationController",
-    "Job",
-    "CronJob",
-];
+pub const WORKLOAD_KINDS: &[&str] =
+    &["Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "ReplicationController", "Job", "CronJob"];
 
 /// The endpoint a Pod belongs to: its controller, or itself.
 pub fn pod_endpoint_key(meta: &meta::ObjectMeta, namespace: &str) -> EndpointKey {
     let name = meta.name.clone().unwrap_or_default();
-    let owner = meta
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true));
+    let owner = meta.owner_references.iter().flatten().find(|o| o.controller == Some(true));
     match owner {
         None => EndpointKey::pod(namespace, &name),
         Some(o) => owner_key(namespace, &o.kind, &o.name, meta.labels.as_ref()),
@@ -114,10 +97,7 @@ fn owner_key(
 ) -> EndpointKey {
     if kind == "ReplicaSet" {
         let hash = labels.and_then(|l| l.get("pod-template-hash"));
-        if let Some(deployment) = hash
-            .and_then(|h| name.strip_suffix(h.as_str()))
-            .and_then(|d| d.strip_suffix('-'))
-        {
+        if let Some(deployment) = hash.and_then(|h| name.strip_suffix(h.as_str())).and_then(|d| d.strip_suffix('-')) {
             return EndpointKey {
                 namespace: namespace.into(),
                 name: deployment.into(),
@@ -125,11 +105,7 @@ fn owner_key(
             };
         }
     }
-    EndpointKey {
-        namespace: namespace.into(),
-        name: name.into(),
-        kind: Some(kind.into()),
-    }
+    EndpointKey { namespace: namespace.into(), name: name.into(), kind: Some(kind.into()) }
 }
 
 /// Reads a Pod. `namespace` is already defaulted.
@@ -142,18 +118,9 @@ pub fn parse_pod(pod: &core::Pod, namespace: &str, errors: &mut FieldErrors) -> 
             Some(list) if !list.is_empty() => list
                 .iter()
                 .enumerate()
-                .map(|(i, p)| {
-                    (
-                        FieldPath::root("status.podIPs").index(i).child("ip"),
-                        p.ip.as_str(),
-                    )
-                })
+                .map(|(i, p)| (FieldPath::root("status.podIPs").index(i).child("ip"), p.ip.as_str()))
                 .collect(),
-            _ => status
-                .pod_ip
-                .iter()
-                .map(|ip| (FieldPath::root("status.podIP"), ip.as_str()))
-                .collect(),
+            _ => status.pod_ip.iter().map(|ip| (FieldPath::root("status.podIP"), ip.as_str())).collect(),
         };
         for (path, ip) in listed {
             match ip.parse::<IpAddr>() {
@@ -162,9 +129,7 @@ pub fn parse_pod(pod: &core::Pod, namespace: &str, errors: &mut FieldErrors) -> 
             }
         }
     }
-    let ports = spec
-        .map(|s| container_ports(&s.containers, &FieldPath::root("spec"), errors))
-        .unwrap_or_default();
+    let ports = spec.map(|s| container_ports(&s.containers, &FieldPath::root("spec"), errors)).unwrap_or_default();
     Endpoint {
         key: pod_endpoint_key(&pod.metadata, namespace),
         labels: labels_of(&pod.metadata, &FieldPath::root("metadata"), errors),
@@ -185,18 +150,10 @@ pub fn parse_workload(
     errors: &mut FieldErrors,
 ) -> Endpoint {
     let name = meta.name.clone().unwrap_or_default();
-    let owner = meta
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true));
+    let owner = meta.owner_references.iter().flatten().find(|o| o.controller == Some(true));
     let key = match owner {
         Some(o) => owner_key(namespace, &o.kind, &o.name, meta.labels.as_ref()),
-        None => EndpointKey {
-            namespace: namespace.into(),
-            name,
-            kind: Some(kind.into()),
-        },
+        None => EndpointKey { namespace: namespace.into(), name, kind: Some(kind.into()) },
     };
     let (labels, ports, host_network) = match template {
         None => {
@@ -204,30 +161,15 @@ pub fn parse_workload(
             (Labels::new(), Vec::new(), false)
         }
         Some(t) => {
-            let labels = t
-                .metadata
-                .as_ref()
-                .map(|m| labels_of(m, &template_path.child("metadata"), errors))
-                .unwrap_or_default();
+            let labels =
+                t.metadata.as_ref().map(|m| labels_of(m, &template_path.child("metadata"), errors)).unwrap_or_default();
             let spec = t.spec.as_ref();
-            let ports = spec
-                .map(|s| container_ports(&s.containers, &template_path.child("spec"), errors))
-                .unwrap_or_default();
-            (
-                labels,
-                ports,
-                spec.and_then(|s| s.host_network).unwrap_or(false),
-            )
+            let ports =
+                spec.map(|s| container_ports(&s.containers, &template_path.child("spec"), errors)).unwrap_or_default();
+            (labels, ports, spec.and_then(|s| s.host_network).unwrap_or(false))
         }
     };
-    Endpoint {
-        key,
-        labels,
-        ips: Vec::new(),
-        ports,
-        host_network,
-        node: None,
-    }
+    Endpoint { key, labels, ips: Vec::new(), ports, host_network, node: None }
 }
 
 fn labels_of(meta: &meta::ObjectMeta, path: &FieldPath, errors: &mut FieldErrors) -> Labels {
@@ -240,11 +182,7 @@ fn labels_of(meta: &meta::ObjectMeta, path: &FieldPath, errors: &mut FieldErrors
     labels
 }
 
-fn container_ports(
-    containers: &[core::Container],
-    spec: &FieldPath,
-    errors: &mut FieldErrors,
-) -> Vec<ContainerPort> {
+fn container_ports(containers: &[core::Container], spec: &FieldPath, errors: &mut FieldErrors) -> Vec<ContainerPort> {
     let mut out = Vec::new();
     for (i, c) in containers.iter().enumerate() {
         for (j, p) in c.ports.iter().flatten().enumerate() {
@@ -265,21 +203,14 @@ fn container_ports(
             if !(1..=65535).contains(&p.container_port) {
                 errors.push(
                     &path.child("containerPort"),
-                    format!(
-                        "{}: must be between 1 and 65535, inclusive",
-                        p.container_port
-                    ),
+                    format!("{}: must be between 1 and 65535, inclusive", p.container_port),
                 );
                 continue;
             }
             if let Some(name) = &p.name {
                 errors.check(&path.child("name"), names::iana_svc_name(name));
             }
-            out.push(ContainerPort {
-                name: p.name.clone(),
-                protocol,
-                port: p.container_port as u16,
-            });
+            out.push(ContainerPort { name: p.name.clone(), protocol, port: p.container_port as u16 });
         }
     }
     out.sort();

@@ -60,10 +60,7 @@ pub struct FieldErrors(pub Vec<FieldError>);
 
 impl FieldErrors {
     pub fn push(&mut self, path: &FieldPath, reason: impl Into<String>) {
-        self.0.push(FieldError {
-            path: path.clone(),
-            reason: reason.into(),
-        });
+        self.0.push(FieldError { path: path.clone(), reason: reason.into() });
     }
 
     /// Records `check`'s error, if any, at `path`.

@@ -19,20 +19,10 @@ pub type Labels = BTreeMap<String, String>;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(tag = "operator", rename_all = "PascalCase")]
 pub enum Requirement {
-    In {
-        key: String,
-        values: BTreeSet<String>,
-    },
-    NotIn {
-        key: String,
-        values: BTreeSet<String>,
-    },
-    Exists {
-        key: String,
-    },
-    DoesNotExist {
-        key: String,
-    },
+    In { key: String, values: BTreeSet<String> },
+    NotIn { key: String, values: BTreeSet<String> },
+    Exists { key: String },
+    DoesNotExist { key: String },
 }
 
 impl Requirement {
@@ -49,9 +39,7 @@ impl Requirement {
         match self {
             Requirement::In { key, values } => labels.get(key).is_some_and(|v| values.contains(v)),
             // NotIn matches objects without the key, as upstream does.
-            Requirement::NotIn { key, values } => {
-                labels.get(key).is_none_or(|v| !values.contains(v))
-            }
+            Requirement::NotIn { key, values } => labels.get(key).is_none_or(|v| !values.contains(v)),
             Requirement::Exists { key } => labels.contains_key(key),
             Requirement::DoesNotExist { key } => !labels.contains_key(key),
         }
@@ -84,10 +72,7 @@ impl LabelSelector {
         Self::from_requirements(
             labels
                 .into_iter()
-                .map(|(k, v)| Requirement::In {
-                    key: k.to_string(),
-                    values: BTreeSet::from([v.to_string()]),
-                })
+                .map(|(k, v)| Requirement::In { key: k.to_string(), values: BTreeSet::from([v.to_string()]) })
                 .collect(),
         )
     }
@@ -105,21 +90,14 @@ impl LabelSelector {
     }
 
     /// Validates an API label selector; `path` names the selector field.
-    pub fn parse(
-        selector: &meta::LabelSelector,
-        path: &FieldPath,
-        errors: &mut FieldErrors,
-    ) -> Self {
+    pub fn parse(selector: &meta::LabelSelector, path: &FieldPath, errors: &mut FieldErrors) -> Self {
         let mut requirements = Vec::new();
         if let Some(labels) = &selector.match_labels {
             let path = path.child("matchLabels");
             for (key, value) in labels {
                 errors.check(&path, names::qualified_name(key));
                 errors.check(&path.key(key), names::label_value(value));
-                requirements.push(Requirement::In {
-                    key: key.clone(),
-                    values: BTreeSet::from([value.clone()]),
-                });
+                requirements.push(Requirement::In { key: key.clone(), values: BTreeSet::from([value.clone()]) });
             }
         }
         for (i, expr) in selector.match_expressions.iter().flatten().enumerate() {
@@ -134,10 +112,7 @@ impl LabelSelector {
             let requirement = match expr.operator.as_str() {
                 "In" | "NotIn" => {
                     if values.is_empty() {
-                        errors.push(
-                            &path.child("values"),
-                            "must be specified when `operator` is 'In' or 'NotIn'",
-                        );
+                        errors.push(&path.child("values"), "must be specified when `operator` is 'In' or 'NotIn'");
                     }
                     if expr.operator == "In" {
                         Requirement::In { key, values: set }
@@ -184,9 +159,7 @@ impl fmt::Display for LabelSelector {
                 f.write_str(",")?;
             }
             match r {
-                Requirement::In { key, values } if values.len() == 1 => {
-                    write!(f, "{key}={}", join(values))?
-                }
+                Requirement::In { key, values } if values.len() == 1 => write!(f, "{key}={}", join(values))?,
                 Requirement::In { key, values } => write!(f, "{key} in ({})", join(values))?,
                 Requirement::NotIn { key, values } => write!(f, "{key} notin ({})", join(values))?,
                 Requirement::Exists { key } => write!(f, "{key}")?,
@@ -202,10 +175,7 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn parse(json: serde_json::Value) -> (LabelSelector, Vec<String>) {

@@ -22,6 +22,5 @@ pub use labels::{LabelSelector, Labels, Requirement};
 pub use load::{parse_sources, read_paths, Location, Manifests, ObjectRef, Problem, Source};
 pub use objects::{Namespace, Node, Service, NAMESPACE_NAME_LABEL};
 pub use policy::{
-    Direction, IpBlock, NamespaceScope, NetworkPolicy, Peer, PeerSelector, PolicyPort, PortSpec,
-    Protocol, Rule,
+    Direction, IpBlock, NamespaceScope, NetworkPolicy, Peer, PeerSelector, PolicyPort, PortSpec, Protocol, Rule,
 };

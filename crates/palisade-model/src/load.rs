@@ -85,11 +85,7 @@ pub enum Problem {
     #[error("{location}: not a Kubernetes object: {reason}")]
     NotAnObject { location: Location, reason: String },
     #[error("{location}: {object}: {}", join_errors(.errors))]
-    Invalid {
-        location: Location,
-        object: ObjectRef,
-        errors: Vec<FieldError>,
-    },
+    Invalid { location: Location, object: ObjectRef, errors: Vec<FieldError> },
 }
 
 /// One error stays on the line; several go one per indented line.
@@ -118,14 +114,8 @@ pub fn read_paths(paths: &[PathBuf]) -> (Vec<Source>, Vec<Problem>) {
         if path.as_os_str() == "-" {
             let mut text = String::new();
             match std::io::stdin().read_to_string(&mut text) {
-                Ok(_) => sources.push(Source {
-                    name: "-".into(),
-                    text,
-                }),
-                Err(e) => problems.push(Problem::Read {
-                    file: "-".into(),
-                    reason: e.to_string(),
-                }),
+                Ok(_) => sources.push(Source { name: "-".into(), text }),
+                Err(e) => problems.push(Problem::Read { file: "-".into(), reason: e.to_string() }),
             }
         } else {
             collect(path, true, &mut sources, &mut problems);
@@ -138,22 +128,12 @@ fn collect(path: &Path, explicit: bool, sources: &mut Vec<Source>, problems: &mu
     let name = path.display().to_string();
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
-        Err(e) => {
-            return problems.push(Problem::Read {
-                file: name,
-                reason: e.to_string(),
-            })
-        }
+        Err(e) => return problems.push(Problem::Read { file: name, reason: e.to_string() }),
     };
     if meta.is_dir() {
         let mut entries: Vec<PathBuf> = match std::fs::read_dir(path) {
             Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
-            Err(e) => {
-                return problems.push(Problem::Read {
-                    file: name,
-                    reason: e.to_string(),
-                })
-            }
+            Err(e) => return problems.push(Problem::Read { file: name, reason: e.to_string() }),
         };
         entries.sort();
         for entry in entries {
@@ -161,19 +141,13 @@ fn collect(path: &Path, explicit: bool, sources: &mut Vec<Source>, problems: &mu
         }
         return;
     }
-    let wanted = matches!(
-        path.extension().and_then(|e| e.to_str()),
-        Some("yaml" | "yml" | "json")
-    );
+    let wanted = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"));
     if !explicit && !wanted {
         return;
     }
     match std::fs::read_to_string(path) {
         Ok(text) => sources.push(Source { name, text }),
-        Err(e) => problems.push(Problem::Read {
-            file: name,
-            reason: e.to_string(),
-        }),
+        Err(e) => problems.push(Problem::Read { file: name, reason: e.to_string() }),
     }
 }
 
@@ -183,17 +157,10 @@ pub fn parse_sources(sources: &[Source]) -> Manifests {
     let mut out = Manifests::default();
     for source in sources {
         match documents(source) {
-            Err(reason) => out.problems.push(Problem::Syntax {
-                file: source.name.clone(),
-                reason,
-            }),
+            Err(reason) => out.problems.push(Problem::Syntax { file: source.name.clone(), reason }),
             Ok(docs) => {
                 for (i, doc) in docs.into_iter().enumerate() {
-                    let location = Location {
-                        file: source.name.clone(),
-                        document: i + 1,
-                        item: None,
-                    };
+                    let location = Location { file: source.name.clone(), document: i + 1, item: None };
                     parse_document(doc, location, &mut out);
                 }
             }
@@ -217,10 +184,7 @@ fn documents(source: &Source) -> Result<Vec<Doc<'_>>, String> {
             return Ok(values.into_iter().map(Doc::Json).collect());
         }
     }
-    Ok(split_yaml(&source.text)
-        .into_iter()
-        .map(Doc::Yaml)
-        .collect())
+    Ok(split_yaml(&source.text).into_iter().map(Doc::Yaml).collect())
 }
 
 /// Splits a YAML stream at `---` and `...` lines. Each document is then
@@ -231,11 +195,8 @@ fn split_yaml(text: &str) -> Vec<&str> {
     let mut docs = Vec::new();
     let mut start = 0;
     let mut offset = 0;
-    let is_content = |d: &str| {
-        d.lines().any(|l| {
-            !l.trim().is_empty() && !l.trim_start().starts_with('#') && !l.starts_with('%')
-        })
-    };
+    let is_content =
+        |d: &str| d.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#') && !l.starts_with('%'));
     for line in text.split_inclusive('\n') {
         let bare = line.trim_end();
         let separator = bare == "---" || line.starts_with("--- ") || line.starts_with("---\t");
@@ -244,11 +205,7 @@ fn split_yaml(text: &str) -> Vec<&str> {
                 docs.push(&text[start..offset]);
             }
             // Content after `--- ` on the same line belongs to the next document.
-            start = if separator {
-                offset + 3
-            } else {
-                offset + line.len()
-            };
+            start = if separator { offset + 3 } else { offset + line.len() };
         }
         offset += line.len();
     }
@@ -270,158 +227,145 @@ fn yaml_options() -> serde_saphyr::Options {
     }
 }
 
-/// What dispatch needs: kind, apiVersion, name, namespace, and List items.
-#[derive(serde::Deserialize, Default)]
-struct Head {
-    #[serde(default, rename = "apiVersion")]
-    api_version: Option<String>,
-    #[serde(default)]
-    kind: Option<String>,
-    #[serde(default)]
-    metadata: Option<HeadMeta>,
-}
-
-#[derive(serde::Deserialize, Default)]
-struct HeadMeta {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    namespace: Option<String>,
-}
-
-fn head(doc: &Doc) -> Result<Head, String> {
-    match doc {
-        Doc::Json(v) => {
-            if !v.is_object() {
-                return Err("the document is not a mapping".into());
-            }
-            Ok(Head {
-                api_version: v
-                    .get("apiVersion")
-                    .and_then(Value::as_str)
-                    .map(String::from),
-                kind: v.get("kind").and_then(Value::as_str).map(String::from),
-                metadata: Some(HeadMeta {
-                    name: v
-                        .pointer("/metadata/name")
-                        .and_then(Value::as_str)
-                        .map(String::from),
-                    namespace: v
-                        .pointer("/metadata/namespace")
-                        .and_then(Value::as_str)
-                        .map(String::from),
-                }),
-            })
+/// Kind and apiVersion of a YAML document, read from its column-0 lines:
+/// only top-level keys can start there. `None` sends the document to the
+/// full parse (flow style, quoting, anchors): this is a fast path, never the
+/// only path. It saves a second parse of every document.
+fn scan_head(text: &str) -> Option<(String, String)> {
+    let (mut kind, mut api_version) = (None, None);
+    for line in text.lines() {
+        let (slot, rest) = if let Some(r) = line.strip_prefix("kind:") {
+            (&mut kind, r)
+        } else if let Some(r) = line.strip_prefix("apiVersion:") {
+            (&mut api_version, r)
+        } else {
+            continue;
+        };
+        let value = rest.split(" #").next().unwrap_or("").trim();
+        let value = value.trim_matches('"').trim_matches('\'');
+        if value.is_empty() || value.contains(|c: char| "{}[]&*!|>%@`,\"'".contains(c) || c.is_whitespace()) {
+            return None;
         }
-        Doc::Yaml(text) => serde_saphyr::from_str_with_options::<Head>(text, yaml_options())
-            .map_err(|e| e.to_string()),
+        *slot = Some(value.to_string());
+    }
+    Some((kind?, api_version?))
+}
+
+/// The whole document as an untyped value: the slow path for heads the
+/// scan cannot read, for `List`s, and for naming objects that fail to parse.
+fn as_value(doc: &Doc) -> Result<Value, String> {
+    match doc {
+        Doc::Json(v) => Ok(v.clone()),
+        Doc::Yaml(text) => {
+            serde_saphyr::from_str_with_options::<Value>(text, yaml_options()).map_err(|e| e.to_string())
+        }
     }
 }
 
+fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
+    v.pointer(pointer).and_then(Value::as_str)
+}
+
 fn parse_document(doc: Doc, location: Location, out: &mut Manifests) {
-    let head = match head(&doc) {
-        Ok(h) => h,
-        Err(reason) => {
-            let problem = match doc {
-                Doc::Yaml(_) => Problem::Syntax {
-                    file: location.to_string(),
-                    reason,
-                },
-                Doc::Json(_) => Problem::NotAnObject { location, reason },
-            };
-            return out.problems.push(problem);
-        }
+    let head = match &doc {
+        Doc::Yaml(text) => scan_head(text),
+        Doc::Json(v) => str_at(v, "/kind").map(|k| (k.to_string(), str_at(v, "/apiVersion").unwrap_or("").to_string())),
     };
-    let Some(kind) = head.kind.clone() else {
-        return out.problems.push(Problem::NotAnObject {
-            location,
-            reason: "no `kind`".into(),
-        });
+    let (kind, api_version) = match head {
+        Some(h) => h,
+        None => match as_value(&doc) {
+            Err(reason) => return out.problems.push(Problem::Syntax { file: location.to_string(), reason }),
+            Ok(v) if !v.is_object() => {
+                return out
+                    .problems
+                    .push(Problem::NotAnObject { location, reason: "the document is not a mapping".into() })
+            }
+            Ok(v) => match str_at(&v, "/kind") {
+                None => return out.problems.push(Problem::NotAnObject { location, reason: "no `kind`".into() }),
+                Some(k) => (k.to_string(), str_at(&v, "/apiVersion").unwrap_or("").to_string()),
+            },
+        },
     };
     if kind.ends_with("List") {
-        let value = match &doc {
-            Doc::Json(v) => Ok(v.clone()),
-            Doc::Yaml(text) => serde_saphyr::from_str_with_options::<Value>(text, yaml_options())
-                .map_err(|e| e.to_string()),
-        };
-        match value {
+        match as_value(&doc) {
             Ok(Value::Object(mut map)) => {
                 if let Some(Value::Array(items)) = map.remove("items") {
                     for (j, item) in items.into_iter().enumerate() {
-                        let location = Location {
-                            item: Some(j),
-                            ..location.clone()
-                        };
+                        let location = Location { item: Some(j), ..location.clone() };
                         parse_document(Doc::Json(item), location, out);
                     }
                     return;
                 }
             }
             Ok(_) => {}
-            Err(reason) => {
-                return out.problems.push(Problem::Syntax {
-                    file: location.to_string(),
-                    reason,
-                })
-            }
+            Err(reason) => return out.problems.push(Problem::Syntax { file: location.to_string(), reason }),
         }
     }
-    let api_version = head.api_version.unwrap_or_default();
     let Some(reader) = READERS.iter().find(|r| r.kind == kind) else {
         *out.skipped.entry(kind).or_default() += 1;
         return;
     };
-    let namespaced = reader.namespaced;
-    let meta = head.metadata.unwrap_or_default();
-    let name = meta.name.unwrap_or_default();
-    let namespace = meta.namespace.unwrap_or_else(|| "default".into());
+    let mut ctx = Ctx {
+        kind: reader.kind,
+        namespaced: reader.namespaced,
+        errors: FieldErrors::default(),
+        name: String::new(),
+        namespace: "default".into(),
+        untyped: None,
+    };
+    if !reader.api_versions.contains(&api_version.as_str()) {
+        ctx.errors.push(
+            &FieldPath::root("apiVersion"),
+            format!("{api_version:?}: {kind} is read as {}", reader.api_versions.join(" or ")),
+        );
+    }
+    let object = (reader.read)(doc, &mut ctx);
+    if object.is_none() && ctx.name.is_empty() {
+        // The object did not parse: name it from the untyped reading if we can.
+        if let Some(v) = ctx.untyped.take() {
+            ctx.name = str_at(&v, "/metadata/name").unwrap_or("").to_string();
+            ctx.namespace = str_at(&v, "/metadata/namespace").unwrap_or("default").to_string();
+        }
+    }
     let object_ref = ObjectRef {
         kind: kind.clone(),
-        namespace: namespaced.then(|| namespace.clone()),
-        name: name.clone(),
-    };
-    let mut errors = FieldErrors::default();
-    if !reader.api_versions.contains(&api_version.as_str()) {
-        errors.push(
-            &FieldPath::root("apiVersion"),
-            format!(
-                "{api_version:?}: {kind} is read as {}",
-                reader.api_versions.join(" or ")
-            ),
-        );
-    }
-    if name.is_empty() {
-        errors.push(&FieldPath::root("metadata.name"), "required");
-    } else if kind == "Namespace" {
-        errors.check(&FieldPath::root("metadata.name"), names::dns_label(&name));
-    } else {
-        errors.check(
-            &FieldPath::root("metadata.name"),
-            names::dns_subdomain(&name),
-        );
-    }
-    if namespaced {
-        errors.check(
-            &FieldPath::root("metadata.namespace"),
-            names::dns_label(&namespace),
-        );
-    }
-    let object = if errors.is_empty() {
-        (reader.read)(doc, &namespace, &mut errors)
-    } else {
-        None
+        namespace: ctx.namespaced.then(|| ctx.namespace.clone()),
+        name: ctx.name.clone(),
     };
     match object {
-        Some(object) if errors.is_empty() => out.objects.push(Located {
-            location,
-            object_ref,
-            object,
-        }),
-        _ => out.problems.push(Problem::Invalid {
-            location,
-            object: object_ref,
-            errors: errors.0,
-        }),
+        Some(object) if ctx.errors.is_empty() => out.objects.push(Located { location, object_ref, object }),
+        _ => out.problems.push(Problem::Invalid { location, object: object_ref, errors: ctx.errors.0 }),
+    }
+}
+/// What a reader learns about the object besides the object itself.
+struct Ctx {
+    kind: &'static str,
+    namespaced: bool,
+    errors: FieldErrors,
+    name: String,
+    namespace: String,
+    /// The untyped reading, kept when the typed one failed.
+    untyped: Option<Value>,
+}
+
+impl Ctx {
+    /// Records and validates the object's name and namespace; returns the
+    /// namespace, defaulted to `default` as the API server does.
+    fn identify(&mut self, meta: &meta::ObjectMeta) -> String {
+        self.name = meta.name.clone().unwrap_or_default();
+        self.namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
+        let name_path = FieldPath::root("metadata.name");
+        if self.name.is_empty() {
+            self.errors.push(&name_path, "required");
+        } else if self.kind == "Namespace" {
+            self.errors.check(&name_path, names::dns_label(&self.name));
+        } else {
+            self.errors.check(&name_path, names::dns_subdomain(&self.name));
+        }
+        if self.namespaced {
+            self.errors.check(&FieldPath::root("metadata.namespace"), names::dns_label(&self.namespace));
+        }
+        self.namespace.clone()
     }
 }
 
@@ -429,38 +373,41 @@ struct Reader {
     kind: &'static str,
     api_versions: &'static [&'static str],
     namespaced: bool,
-    read: fn(Doc, &str, &mut FieldErrors) -> Option<Object>,
+    read: fn(Doc, &mut Ctx) -> Option<Object>,
 }
 
 /// Deserializes into a k8s-openapi type; a type error carries its field path.
-fn typed<T: DeserializeOwned>(doc: Doc, errors: &mut FieldErrors) -> Option<T> {
+fn typed<T: DeserializeOwned>(doc: Doc, ctx: &mut Ctx) -> Option<T> {
     let from_value =
-        |value: Value, errors: &mut FieldErrors| match serde_path_to_error::deserialize::<_, T>(
-            value,
-        ) {
+        |value: &Value, errors: &mut FieldErrors| match serde_path_to_error::deserialize::<_, T>(value.clone()) {
             Ok(t) => Some(t),
             Err(e) => {
                 let path = e.path().to_string();
-                errors.push(
-                    &FieldPath::root(if path == "." { "" } else { &path }),
-                    e.into_inner().to_string(),
-                );
+                errors
+                    .push(&FieldPath::root(if path == "." { "(document)" } else { &path }), e.into_inner().to_string());
                 None
             }
         };
     match doc {
-        Doc::Json(value) => from_value(value, errors),
+        Doc::Json(value) => {
+            let t = from_value(&value, &mut ctx.errors);
+            if t.is_none() {
+                ctx.untyped = Some(value);
+            }
+            t
+        }
         Doc::Yaml(text) => match serde_saphyr::from_str_with_options::<T>(text, yaml_options()) {
             Ok(t) => Some(t),
             Err(e) => {
                 // Find the field path through the untyped reading; fall back
                 // to the parser's own message (it has line and column).
-                let before = errors.0.len();
+                let before = ctx.errors.0.len();
                 if let Ok(v) = serde_saphyr::from_str_with_options::<Value>(text, yaml_options()) {
-                    from_value(v, errors);
+                    from_value(&v, &mut ctx.errors);
+                    ctx.untyped = Some(v);
                 }
-                if errors.0.len() == before {
-                    errors.push(&FieldPath::root("(document)"), e.to_string());
+                if ctx.errors.0.len() == before {
+                    ctx.errors.push(&FieldPath::root("(document)"), e.to_string());
                 }
                 None
             }
@@ -474,88 +421,78 @@ macro_rules! workload {
             kind: $kind,
             api_versions: $versions,
             namespaced: true,
-            read: |doc, ns, errors| {
-                let $w: $ty = typed(doc, errors)?;
+            read: |doc, ctx| {
+                let $w: $ty = typed(doc, ctx)?;
+                let ns = ctx.identify(&$w.metadata);
                 let template = $template;
                 Some(Object::Endpoint(endpoint::parse_workload(
                     $kind,
                     &$w.metadata,
-                    ns,
+                    &ns,
                     template,
                     &FieldPath::root($path),
-                    errors,
+                    &mut ctx.errors,
                 )))
             },
         }
     };
 }
 
-use k8s_openapi::api::{
-    apps::v1 as apps, batch::v1 as batch, core::v1 as core, networking::v1 as net,
-};
+use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, core::v1 as core, networking::v1 as net};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 
 static READERS: &[Reader] = &[
     Reader {
         kind: "Namespace",
         api_versions: &["v1"],
         namespaced: false,
-        read: |doc, _, errors| {
-            Namespace::parse(&typed::<core::Namespace>(doc, errors)?, errors).map(Object::Namespace)
+        read: |doc, ctx| {
+            let ns: core::Namespace = typed(doc, ctx)?;
+            ctx.identify(&ns.metadata);
+            Namespace::parse(&ns, &mut ctx.errors).map(Object::Namespace)
         },
     },
     Reader {
         kind: "Pod",
         api_versions: &["v1"],
         namespaced: true,
-        read: |doc, ns, errors| {
-            Some(Object::Endpoint(endpoint::parse_pod(
-                &typed::<core::Pod>(doc, errors)?,
-                ns,
-                errors,
-            )))
+        read: |doc, ctx| {
+            let pod: core::Pod = typed(doc, ctx)?;
+            let ns = ctx.identify(&pod.metadata);
+            Some(Object::Endpoint(endpoint::parse_pod(&pod, &ns, &mut ctx.errors)))
         },
     },
     Reader {
         kind: "NetworkPolicy",
         api_versions: &["networking.k8s.io/v1"],
         namespaced: true,
-        read: |doc, ns, errors| {
-            Some(Object::NetworkPolicy(NetworkPolicy::parse(
-                &typed::<net::NetworkPolicy>(doc, errors)?,
-                ns,
-                errors,
-            )))
+        read: |doc, ctx| {
+            let policy: net::NetworkPolicy = typed(doc, ctx)?;
+            let ns = ctx.identify(&policy.metadata);
+            Some(Object::NetworkPolicy(NetworkPolicy::parse(&policy, &ns, &mut ctx.errors)))
         },
     },
     Reader {
         kind: "Node",
         api_versions: &["v1"],
         namespaced: false,
-        read: |doc, _, errors| {
-            Some(Object::Node(Node::parse(
-                &typed::<core::Node>(doc, errors)?,
-                errors,
-            )))
+        read: |doc, ctx| {
+            let node: core::Node = typed(doc, ctx)?;
+            ctx.identify(&node.metadata);
+            Some(Object::Node(Node::parse(&node, &mut ctx.errors)))
         },
     },
     Reader {
         kind: "Service",
         api_versions: &["v1"],
         namespaced: true,
-        read: |doc, ns, errors| {
-            Some(Object::Service(Service::parse(
-                &typed::<core::Service>(doc, errors)?,
-                ns,
-            )))
+        read: |doc, ctx| {
+            let svc: core::Service = typed(doc, ctx)?;
+            let ns = ctx.identify(&svc.metadata);
+            Some(Object::Service(Service::parse(&svc, &ns)))
         },
     },
-    workload!(
-        "Deployment",
-        apps::Deployment,
-        &["apps/v1"],
-        |w| w.spec.as_ref().map(|s| &s.template),
-        "spec.template"
-    ),
+    workload!("Deployment", apps::Deployment, &["apps/v1"], |w| w.spec.as_ref().map(|s| &s.template), "spec.template"),
     workload!(
         "StatefulSet",
         apps::StatefulSet,
@@ -563,13 +500,7 @@ static READERS: &[Reader] = &[
         |w| w.spec.as_ref().map(|s| &s.template),
         "spec.template"
     ),
-    workload!(
-        "DaemonSet",
-        apps::DaemonSet,
-        &["apps/v1"],
-        |w| w.spec.as_ref().map(|s| &s.template),
-        "spec.template"
-    ),
+    workload!("DaemonSet", apps::DaemonSet, &["apps/v1"], |w| w.spec.as_ref().map(|s| &s.template), "spec.template"),
     workload!(
         "ReplicaSet",
         apps::ReplicaSet,
@@ -584,22 +515,12 @@ static READERS: &[Reader] = &[
         |w| w.spec.as_ref().and_then(|s| s.template.as_ref()),
         "spec.template"
     ),
-    workload!(
-        "Job",
-        batch::Job,
-        &["batch/v1"],
-        |w| w.spec.as_ref().map(|s| &s.template),
-        "spec.template"
-    ),
+    workload!("Job", batch::Job, &["batch/v1"], |w| w.spec.as_ref().map(|s| &s.template), "spec.template"),
     workload!(
         "CronJob",
         batch::CronJob,
         &["batch/v1"],
-        |w| w
-            .spec
-            .as_ref()
-            .and_then(|s| s.job_template.spec.as_ref())
-            .map(|s| &s.template),
+        |w| w.spec.as_ref().and_then(|s| s.job_template.spec.as_ref()).map(|s| &s.template),
         "spec.jobTemplate.spec.template"
     ),
 ];

@@ -36,9 +36,7 @@ pub fn qualified_name(key: &str) -> Result<(), String> {
         return Err(format!("{key:?}: name part must be non-empty"));
     }
     if name.len() > 63 {
-        return Err(format!(
-            "{key:?}: name part must be no more than 63 characters"
-        ));
+        return Err(format!("{key:?}: name part must be no more than 63 characters"));
     }
     if !is_qualified_name_part(name) {
         return Err(format!(
@@ -53,9 +51,7 @@ fn is_qualified_name_part(s: &str) -> bool {
     let alnum = |b: u8| b.is_ascii_alphanumeric();
     alnum(bytes[0])
         && alnum(bytes[bytes.len() - 1])
-        && bytes
-            .iter()
-            .all(|&b| alnum(b) || b == b'-' || b == b'_' || b == b'.')
+        && bytes.iter().all(|&b| alnum(b) || b == b'-' || b == b'_' || b == b'.')
 }
 
 /// RFC 1123 label: namespace names, among others.
@@ -94,13 +90,8 @@ pub fn iana_svc_name(s: &str) -> Result<(), String> {
         return Err(format!("{s:?}: must be no more than 15 characters"));
     }
     let b = s.as_bytes();
-    if !b
-        .iter()
-        .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
-    {
-        return Err(format!(
-            "{s:?}: must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)"
-        ));
+    if !b.iter().all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-') {
+        return Err(format!("{s:?}: must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)"));
     }
     if s.contains("--") {
         return Err(format!("{s:?}: must not contain consecutive hyphens"));

@@ -61,10 +61,9 @@ impl Node {
         for (i, c) in cidrs.iter().enumerate() {
             match c.parse::<IpNet>() {
                 Ok(n) => pod_cidrs.push(n),
-                Err(_) => errors.push(
-                    &FieldPath::root("spec.podCIDRs").index(i),
-                    format!("{c:?}: must be a valid CIDR"),
-                ),
+                Err(_) => {
+                    errors.push(&FieldPath::root("spec.podCIDRs").index(i), format!("{c:?}: must be a valid CIDR"))
+                }
             }
         }
         let internal_ips = api
@@ -99,9 +98,7 @@ impl Service {
             namespace: namespace.to_string(),
             name: api.metadata.name.clone().unwrap_or_default(),
             selector: spec.and_then(|s| s.selector.clone()),
-            type_: spec
-                .and_then(|s| s.type_.clone())
-                .unwrap_or_else(|| "ClusterIP".into()),
+            type_: spec.and_then(|s| s.type_.clone()).unwrap_or_else(|| "ClusterIP".into()),
         }
     }
 }

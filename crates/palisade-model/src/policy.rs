@@ -207,10 +207,7 @@ impl NetworkPolicy {
 
     /// The pods this policy applies to, as a selector-cache key.
     pub fn target(&self) -> PeerSelector {
-        PeerSelector {
-            namespaces: NamespaceScope::Named(self.namespace.clone()),
-            pods: self.pod_selector.clone(),
-        }
+        PeerSelector { namespaces: NamespaceScope::Named(self.namespace.clone()), pods: self.pod_selector.clone() }
     }
 
     /// Converts and validates an API object; `namespace` is already defaulted.
@@ -231,10 +228,7 @@ impl NetworkPolicy {
             Some(sel) => LabelSelector::parse(sel, &spec_path.child("podSelector"), errors),
             None => LabelSelector::everything(),
         };
-        let parse_rules = |field: &str,
-                           peer_field: &str,
-                           rules: Vec<RawRule>,
-                           errors: &mut FieldErrors| {
+        let parse_rules = |field: &str, peer_field: &str, rules: Vec<RawRule>, errors: &mut FieldErrors| {
             rules
                 .into_iter()
                 .enumerate()
@@ -245,17 +239,13 @@ impl NetworkPolicy {
                             .into_iter()
                             .flatten()
                             .enumerate()
-                            .filter_map(|(j, p)| {
-                                parse_peer(p, namespace, &path.child(peer_field).index(j), errors)
-                            })
+                            .filter_map(|(j, p)| parse_peer(p, namespace, &path.child(peer_field).index(j), errors))
                             .collect(),
                         ports: ports
                             .into_iter()
                             .flatten()
                             .enumerate()
-                            .filter_map(|(j, p)| {
-                                parse_port(p, &path.child("ports").index(j), errors)
-                            })
+                            .filter_map(|(j, p)| parse_port(p, &path.child("ports").index(j), errors))
                             .collect(),
                     }
                 })
@@ -264,21 +254,13 @@ impl NetworkPolicy {
         let ingress_rules = parse_rules(
             "ingress",
             "from",
-            spec.ingress
-                .iter()
-                .flatten()
-                .map(|r| (r.from.as_ref(), r.ports.as_ref()))
-                .collect(),
+            spec.ingress.iter().flatten().map(|r| (r.from.as_ref(), r.ports.as_ref())).collect(),
             errors,
         );
         let egress_rules = parse_rules(
             "egress",
             "to",
-            spec.egress
-                .iter()
-                .flatten()
-                .map(|r| (r.to.as_ref(), r.ports.as_ref()))
-                .collect(),
+            spec.egress.iter().flatten().map(|r| (r.to.as_ref(), r.ports.as_ref())).collect(),
             errors,
         );
 
@@ -297,10 +279,9 @@ impl NetworkPolicy {
                     match t.as_str() {
                         "Ingress" => isolates_ingress = true,
                         "Egress" => isolates_egress = true,
-                        other => errors.push(
-                            &path.index(i),
-                            format!("{other:?}: supported values: \"Ingress\", \"Egress\""),
-                        ),
+                        other => {
+                            errors.push(&path.index(i), format!("{other:?}: supported values: \"Ingress\", \"Egress\""))
+                        }
                     }
                 }
             }
@@ -317,10 +298,7 @@ impl NetworkPolicy {
 }
 
 /// A rule as the API has it: peers (`from` or `to`) and ports.
-type RawRule<'a> = (
-    Option<&'a Vec<net::NetworkPolicyPeer>>,
-    Option<&'a Vec<net::NetworkPolicyPort>>,
-);
+type RawRule<'a> = (Option<&'a Vec<net::NetworkPolicyPeer>>, Option<&'a Vec<net::NetworkPolicyPort>>);
 
 fn parse_peer(
     peer: &net::NetworkPolicyPeer,
@@ -328,14 +306,10 @@ fn parse_peer(
     path: &FieldPath,
     errors: &mut FieldErrors,
 ) -> Option<Peer> {
-    let count = [
-        peer.pod_selector.is_some(),
-        peer.namespace_selector.is_some(),
-        peer.ip_block.is_some(),
-    ]
-    .iter()
-    .filter(|b| **b)
-    .count();
+    let count = [peer.pod_selector.is_some(), peer.namespace_selector.is_some(), peer.ip_block.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
     if count == 0 {
         errors.push(path, "must specify a peer");
         return None;
@@ -352,21 +326,13 @@ fn parse_peer(
         None => LabelSelector::everything(),
     };
     let namespaces = match &peer.namespace_selector {
-        Some(sel) => NamespaceScope::Matching(LabelSelector::parse(
-            sel,
-            &path.child("namespaceSelector"),
-            errors,
-        )),
+        Some(sel) => NamespaceScope::Matching(LabelSelector::parse(sel, &path.child("namespaceSelector"), errors)),
         None => NamespaceScope::Named(namespace.to_string()),
     };
     Some(Peer::Selector(PeerSelector { namespaces, pods }))
 }
 
-fn parse_ip_block(
-    block: &net::IPBlock,
-    path: &FieldPath,
-    errors: &mut FieldErrors,
-) -> Option<IpBlock> {
+fn parse_ip_block(block: &net::IPBlock, path: &FieldPath, errors: &mut FieldErrors) -> Option<IpBlock> {
     let cidr_path = path.child("cidr");
     if block.cidr.is_empty() {
         errors.push(&cidr_path, "required");
@@ -386,10 +352,7 @@ fn parse_ip_block(
             Ok(ex) => {
                 // Upstream: the except's network address inside cidr, and a longer prefix.
                 if !cidr.contains(&ex.network()) || ex.prefix_len() <= cidr.prefix_len() {
-                    errors.push(
-                        &epath,
-                        format!("{e:?}: must be a strict subset of `cidr` {}", block.cidr),
-                    );
+                    errors.push(&epath, format!("{e:?}: must be a strict subset of `cidr` {}", block.cidr));
                 } else {
                     except.push(ex);
                 }
@@ -397,34 +360,22 @@ fn parse_ip_block(
             Err(msg) => errors.push(&epath, msg),
         }
     }
-    Some(IpBlock {
-        cidr: cidr.trunc(),
-        except: except.into_iter().map(|e| e.trunc()).collect(),
-    })
+    Some(IpBlock { cidr: cidr.trunc(), except: except.into_iter().map(|e| e.trunc()).collect() })
 }
 
 /// A CIDR as the API server accepts it (`ValidateCIDR`: parseable by Go's
 /// `net.ParseCIDR`; host bits may be set and are ignored).
 pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
-    s.parse::<IpNet>().map_err(|_| {
-        format!("{s:?}: must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)")
-    })
+    s.parse::<IpNet>().map_err(|_| format!("{s:?}: must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)"))
 }
 
-fn parse_port(
-    port: &net::NetworkPolicyPort,
-    path: &FieldPath,
-    errors: &mut FieldErrors,
-) -> Option<PolicyPort> {
+fn parse_port(port: &net::NetworkPolicyPort, path: &FieldPath, errors: &mut FieldErrors) -> Option<PolicyPort> {
     let protocol = match port.protocol.as_deref() {
         None => Protocol::Tcp,
         Some(p) => match Protocol::parse_api(p) {
             Some(p) => p,
             None => {
-                errors.push(
-                    &path.child("protocol"),
-                    format!("{p:?}: supported values: \"SCTP\", \"TCP\", \"UDP\""),
-                );
+                errors.push(&path.child("protocol"), format!("{p:?}: supported values: \"SCTP\", \"TCP\", \"UDP\""));
                 return None;
             }
         },
@@ -432,49 +383,31 @@ fn parse_port(
     let spec = match (&port.port, port.end_port) {
         (None, None) => PortSpec::All,
         (None, Some(_)) => {
-            errors.push(
-                &path.child("endPort"),
-                "may not be specified when `port` is not specified",
-            );
+            errors.push(&path.child("endPort"), "may not be specified when `port` is not specified");
             return None;
         }
         (Some(IntOrString::Int(p)), end) => {
             if !(1..=65535).contains(p) {
-                errors.push(
-                    &path.child("port"),
-                    format!("{p}: must be between 1 and 65535, inclusive"),
-                );
+                errors.push(&path.child("port"), format!("{p}: must be between 1 and 65535, inclusive"));
                 return None;
             }
             let start = *p as u16;
             match end {
                 None => PortSpec::Range { start, end: start },
                 Some(e) if !(1..=65535).contains(&e) => {
-                    errors.push(
-                        &path.child("endPort"),
-                        format!("{e}: must be between 1 and 65535, inclusive"),
-                    );
+                    errors.push(&path.child("endPort"), format!("{e}: must be between 1 and 65535, inclusive"));
                     return None;
                 }
                 Some(e) if e < *p => {
-                    errors.push(
-                        &path.child("endPort"),
-                        format!("{e}: must be greater than or equal to `port` {p}"),
-                    );
+                    errors.push(&path.child("endPort"), format!("{e}: must be greater than or equal to `port` {p}"));
                     return None;
                 }
-                Some(e) => PortSpec::Range {
-                    start,
-                    end: e as u16,
-                },
+                Some(e) => PortSpec::Range { start, end: e as u16 },
             }
         }
         (Some(IntOrString::String(name)), end) => {
             if end.is_some() {
-                errors.push(
-                    &path.child("endPort"),
-                    "may not be specified when `port` is non-numeric",
-                );
+                errors.push(&path.child("endPort"), "may not be specified when `port` is non-numeric");
                 return None;
             }
             // Upstream accepts a numeric string here only as a named port, which it fails.
@@ -485,8 +418,5 @@ fn parse_port(
             PortSpec::Named(name.clone())
         }
     };
-    Some(PolicyPort {
-        protocol,
-        port: spec,
-    })
+    Some(PolicyPort { protocol, port: spec })
 }

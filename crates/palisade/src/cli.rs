@@ -137,6 +137,8 @@ pub struct DiffArgs {
 pub enum BenchCommand {
     /// Write a realistic generated cluster as multi-document YAML to stdout.
     Gen(GenArgs),
+    /// Time every phase of the analysis on a generated cluster.
+    Engine(GenArgs),
 }
 
 #[derive(Args, Clone)]

@@ -37,18 +37,8 @@ impl Rng {
 type NamedPort = (&'static str, &'static str, u16);
 
 const TIERS: &[(&str, &[NamedPort])] = &[
-    (
-        "frontend",
-        &[("http", "TCP", 8080), ("metrics", "TCP", 9090)],
-    ),
-    (
-        "backend",
-        &[
-            ("http", "TCP", 8080),
-            ("grpc", "TCP", 9000),
-            ("metrics", "TCP", 9090),
-        ],
-    ),
+    ("frontend", &[("http", "TCP", 8080), ("metrics", "TCP", 9090)]),
+    ("backend", &[("http", "TCP", 8080), ("grpc", "TCP", 9000), ("metrics", "TCP", 9090)]),
     ("db", &[("postgres", "TCP", 5432), ("metrics", "TCP", 9187)]),
     ("cache", &[("redis", "TCP", 6379)]),
     ("worker", &[("metrics", "TCP", 9090)]),
@@ -89,16 +79,8 @@ pub fn generate(spec: &Spec) -> String {
     let mut pod = 0usize;
     while pod < spec.pods {
         let namespace = apps.len() % ns_count;
-        let tier = if apps.len() < ns_count && namespace == 0 {
-            5
-        } else {
-            rng.below(TIERS.len() - 1)
-        };
-        let app = App {
-            namespace,
-            name: format!("{}-{}", TIERS[tier].0, apps.len()),
-            tier,
-        };
+        let tier = if apps.len() < ns_count && namespace == 0 { 5 } else { rng.below(TIERS.len() - 1) };
+        let app = App { namespace, name: format!("{}-{}", TIERS[tier].0, apps.len()), tier };
         let replicas = (1 + rng.below(8)).min(spec.pods - pod);
         for r in 0..replicas {
             let ip = 0x0a00_0000u32 + 256 + pod as u32; // 10.0.1.0 upwards
@@ -112,10 +94,7 @@ pub fn generate(spec: &Spec) -> String {
                 v = 1 + (apps.len() % 3),
             );
             for (pname, proto, port) in TIERS[tier].1 {
-                let _ = write!(
-                    out,
-                    "    - name: {pname}\n      containerPort: {port}\n      protocol: {proto}\n"
-                );
+                let _ = write!(out, "    - name: {pname}\n      containerPort: {port}\n      protocol: {proto}\n");
             }
             let _ = write!(out, "status:\n  podIP: {}\n", std::net::Ipv4Addr::from(ip));
             pod += 1;
@@ -162,10 +141,7 @@ pub fn generate(spec: &Spec) -> String {
             // Same-namespace caller by app label.
             0..=3 => {
                 let peer = same_namespace_app(&apps, target.namespace, &mut rng);
-                let _ = write!(
-                    out,
-                    "    - podSelector:\n        matchLabels:\n          app: {peer}\n"
-                );
+                let _ = write!(out, "    - podSelector:\n        matchLabels:\n          app: {peer}\n");
             }
             // Cross-namespace: namespace labels AND pod tier.
             4..=5 => {
@@ -182,7 +158,11 @@ pub fn generate(spec: &Spec) -> String {
             // External clients by CIDR with a carve-out.
             7..=8 => {
                 let a = 1 + rng.below(200);
-                let _ = write!(out, "    - ipBlock:\n        cidr: 198.{a}.0.0/16\n        except:\n        - 198.{a}.{}.0/24\n", rng.below(256));
+                let _ = write!(
+                    out,
+                    "    - ipBlock:\n        cidr: 198.{a}.0.0/16\n        except:\n        - 198.{a}.{}.0/24\n",
+                    rng.below(256)
+                );
             }
             // The tier below, plus a whole-namespace peer.
             _ => {
@@ -214,8 +194,5 @@ fn same_namespace_app(apps: &[App], ns: usize, rng: &mut Rng) -> String {
             return a.name.clone();
         }
     }
-    apps.iter()
-        .find(|a| a.namespace == ns)
-        .map(|a| a.name.clone())
-        .unwrap_or_default()
+    apps.iter().find(|a| a.namespace == ns).map(|a| a.name.clone()).unwrap_or_default()
 }

@@ -32,9 +32,7 @@ impl Default for Ui {
 
 impl Ui {
     pub fn new() -> Self {
-        Ui {
-            color: std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
-        }
+        Ui { color: std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() }
     }
 
     fn paint(&self, code: &str, text: &str) -> String {
@@ -80,10 +78,7 @@ pub fn load_cluster(paths: &[PathBuf], skip_invalid: bool, ui: &Ui) -> Result<Cl
     }
     if !skipped.is_empty() {
         let kinds: Vec<String> = skipped.iter().map(|(k, n)| format!("{k} ({n})")).collect();
-        ui.note(&format!(
-            "skipped objects of kinds palisade does not read: {}",
-            kinds.join(", ")
-        ));
+        ui.note(&format!("skipped objects of kinds palisade does not read: {}", kinds.join(", ")));
     }
     if problems.is_empty() {
         return Ok(cluster);
@@ -105,11 +100,7 @@ pub fn load_cluster(paths: &[PathBuf], skip_invalid: bool, ui: &Ui) -> Result<Cl
     }
 }
 
-pub fn load_engine(
-    paths: &[PathBuf],
-    skip_invalid: bool,
-    ui: &Ui,
-) -> Result<(Cluster, Engine), Failure> {
+pub fn load_engine(paths: &[PathBuf], skip_invalid: bool, ui: &Ui) -> Result<(Cluster, Engine), Failure> {
     let cluster = load_cluster(paths, skip_invalid, ui)?;
     let engine = Engine::from_cluster(&cluster);
     Ok((cluster, engine))
@@ -118,13 +109,10 @@ pub fn load_engine(
 /// `tcp/80` -> (TCP, 80).
 pub fn parse_probe(s: &str) -> Result<(palisade_model::Protocol, u16), Failure> {
     let bad = || {
-        Failure::Usage(format!(
-            "{s:?}: expected PROTO/PORT with PROTO tcp, udp or sctp and PORT 1-65535, e.g. tcp/80"
-        ))
+        Failure::Usage(format!("{s:?}: expected PROTO/PORT with PROTO tcp, udp or sctp and PORT 1-65535, e.g. tcp/80"))
     };
     let (proto, port) = s.split_once('/').ok_or_else(bad)?;
-    let protocol =
-        palisade_model::Protocol::parse_api(&proto.to_ascii_uppercase()).ok_or_else(bad)?;
+    let protocol = palisade_model::Protocol::parse_api(&proto.to_ascii_uppercase()).ok_or_else(bad)?;
     let port: u16 = port.parse().ok().filter(|p| *p > 0).ok_or_else(bad)?;
     Ok((protocol, port))
 }
@@ -140,9 +128,7 @@ pub fn key_matches(pattern: &str, key: &palisade_model::EndpointKey) -> bool {
     }
     match pattern.split_once('/') {
         Some((ns, "*")) => key.namespace == ns,
-        Some(("*", name)) => {
-            name == key.name || shown.split_once('/').is_some_and(|(_, n)| n == name)
-        }
+        Some(("*", name)) => name == key.name || shown.split_once('/').is_some_and(|(_, n)| n == name),
         _ => palisade_model::EndpointKey::parse(pattern) == *key,
     }
 }

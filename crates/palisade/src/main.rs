@@ -12,15 +12,12 @@ fn run(cli: Cli, ui: &Ui, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Lint(args) => palisade::commands::lint::run(&args, ui, out),
         Command::Diff(args) => palisade::commands::diff::run(&args, ui, out),
         Command::Bench(BenchCommand::Gen(g)) => {
-            let spec = palisade::gen::Spec {
-                namespaces: g.namespaces,
-                pods: g.pods,
-                policies: g.policies,
-                seed: g.seed,
-            };
+            let spec =
+                palisade::gen::Spec { namespaces: g.namespaces, pods: g.pods, policies: g.policies, seed: g.seed };
             out.write_all(palisade::gen::generate(&spec).as_bytes())?;
             Ok(())
         }
+        Command::Bench(BenchCommand::Engine(g)) => palisade::commands::bench::run(&g, out),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "palisade", out);
             Ok(())
@@ -45,9 +42,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // A closed pipe (`palisade analyze | head`) is not an error.
-            if e.downcast_ref::<io::Error>()
-                .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
-            {
+            if e.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe) {
                 return ExitCode::SUCCESS;
             }
             match e.downcast_ref::<Failure>() {

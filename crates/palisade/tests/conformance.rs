@@ -8,11 +8,7 @@ use scenario::{load_dir, run_analyze, Scenario};
 
 fn run_all(dir: &str) {
     let scenarios = load_dir(dir);
-    assert!(
-        scenarios.len() >= 10,
-        "{dir}: expected scenarios, found {}",
-        scenarios.len()
-    );
+    assert!(scenarios.len() >= 10, "{dir}: expected scenarios, found {}", scenarios.len());
     let mut failures = Vec::new();
     let mut checked = 0usize;
     for s in &scenarios {
@@ -21,10 +17,7 @@ fn run_all(dir: &str) {
             Err(e) => failures.push(format!("--- {}:\n{e}", s.name)),
         }
     }
-    eprintln!(
-        "{dir}: {} scenarios, {checked} pair/port verdicts checked",
-        scenarios.len()
-    );
+    eprintln!("{dir}: {} scenarios, {checked} pair/port verdicts checked", scenarios.len());
     assert!(
         failures.is_empty(),
         "{} of {} scenarios failed:\n{}",
@@ -38,10 +31,7 @@ fn check(s: &Scenario) -> Result<usize, String> {
     let mut checked = 0;
     for (step_index, step) in s.materialize()?.iter().enumerate() {
         let rows = run_analyze(&step.manifests, &s.ports, &[])?;
-        let mut endpoints: Vec<&str> = rows
-            .iter()
-            .flat_map(|r| [r.src.as_str(), r.dst.as_str()])
-            .collect();
+        let mut endpoints: Vec<&str> = rows.iter().flat_map(|r| [r.src.as_str(), r.dst.as_str()]).collect();
         endpoints.sort();
         endpoints.dedup();
         let n = endpoints.len();

@@ -96,14 +96,11 @@ pub struct Materialized {
 
 fn object_key(doc: &Value) -> String {
     let kind = doc["kind"].as_str().unwrap_or("");
-    let ns =
-        doc["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or(if kind == "Namespace" || kind == "Node" {
-                ""
-            } else {
-                "default"
-            });
+    let ns = doc["metadata"]["namespace"].as_str().unwrap_or(if kind == "Namespace" || kind == "Node" {
+        ""
+    } else {
+        "default"
+    });
     let name = doc["metadata"]["name"].as_str().unwrap_or("");
     format!("{kind}/{ns}/{name}")
 }
@@ -163,14 +160,8 @@ impl Scenario {
                     put(&mut objects, &mut order, doc);
                 }
             }
-            let manifests = order
-                .iter()
-                .filter_map(|k| objects.get(k).cloned())
-                .collect();
-            out.push(Materialized {
-                manifests,
-                expect: step.expect,
-            });
+            let manifests = order.iter().filter_map(|k| objects.get(k).cloned()).collect();
+            out.push(Materialized { manifests, expect: step.expect });
         }
         Ok(out)
     }
@@ -218,8 +209,7 @@ pub fn load_dir(dir: &str) -> Vec<Scenario> {
         .into_iter()
         .map(|f| {
             let text = std::fs::read_to_string(&f).unwrap();
-            let mut s: Scenario =
-                serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            let mut s: Scenario = serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
             assert_eq!(
                 Some(s.name.as_str()),
                 f.file_stem().and_then(|s| s.to_str()),
@@ -240,38 +230,21 @@ pub struct Row {
 }
 
 /// Writes the cluster to a temporary file and runs the real binary.
-pub fn run_analyze(
-    manifests: &[Value],
-    ports: &[String],
-    extra: &[&str],
-) -> Result<Vec<Row>, String> {
-    let dir = std::env::temp_dir().join(format!(
-        "palisade-conformance-{}-{}",
-        std::process::id(),
-        unique()
-    ));
+pub fn run_analyze(manifests: &[Value], ports: &[String], extra: &[&str]) -> Result<Vec<Row>, String> {
+    let dir = std::env::temp_dir().join(format!("palisade-conformance-{}-{}", std::process::id(), unique()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let file = dir.join("cluster.yaml");
-    let text: String = manifests
-        .iter()
-        .map(|d| format!("---\n{}\n", serde_json::to_string(d).unwrap()))
-        .collect();
+    let text: String = manifests.iter().map(|d| format!("---\n{}\n", serde_json::to_string(d).unwrap())).collect();
     std::fs::write(&file, text).map_err(|e| e.to_string())?;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_palisade"));
-    cmd.arg("analyze")
-        .arg(&file)
-        .args(["-o", "tsv"])
-        .args(extra);
+    cmd.arg("analyze").arg(&file).args(["-o", "tsv"]).args(extra);
     for p in ports {
         cmd.args(["--port", p]);
     }
     let out = cmd.output().map_err(|e| e.to_string())?;
     let _ = std::fs::remove_dir_all(&dir);
     if !out.status.success() {
-        return Err(format!(
-            "palisade analyze failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
+        return Err(format!("palisade analyze failed: {}", String::from_utf8_lossy(&out.stderr)));
     }
     let stdout = String::from_utf8(out.stdout).map_err(|e| e.to_string())?;
     let mut lines = stdout.lines();
@@ -284,12 +257,7 @@ pub fn run_analyze(
             if f.len() != 5 {
                 return Err(format!("bad row {l:?}"));
             }
-            Ok(Row {
-                src: f[0].into(),
-                dst: f[1].into(),
-                probe: format!("{}/{}", f[2], f[3]),
-                verdict: f[4].into(),
-            })
+            Ok(Row { src: f[0].into(), dst: f[1].into(), probe: format!("{}/{}", f[2], f[3]), verdict: f[4].into() })
         })
         .collect()
 }

@@ -12,46 +12,23 @@ use crate::input::{key_matches, load_engine, parse_probe, Failure, Ui};
 use crate::output::{self, Names};
 
 pub fn run(args: &AnalyzeArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
-    let probes = args
-        .ports
-        .iter()
-        .map(|p| parse_probe(p))
-        .collect::<Result<Vec<_>, _>>()?;
+    let probes = args.ports.iter().map(|p| parse_probe(p)).collect::<Result<Vec<_>, _>>()?;
     let (_, engine) = load_engine(&args.input.paths, args.input.skip_invalid, ui)?;
     let matrix = Matrix::compute(&engine);
     let names = Names::new(&engine, &matrix);
     let keep = |patterns: &[String], i: usize| {
-        patterns.is_empty()
-            || patterns
-                .iter()
-                .any(|p| key_matches(p, &engine.endpoint(matrix.endpoints[i]).key))
+        patterns.is_empty() || patterns.iter().any(|p| key_matches(p, &engine.endpoint(matrix.endpoints[i]).key))
     };
     let n = matrix.endpoints.len();
     let sources: Vec<usize> = (0..n).filter(|&i| keep(&args.from, i)).collect();
     let destinations: Vec<usize> = (0..n).filter(|&i| keep(&args.to, i)).collect();
-    for (patterns, list, flag) in [
-        (&args.from, &sources, "--from"),
-        (&args.to, &destinations, "--to"),
-    ] {
+    for (patterns, list, flag) in [(&args.from, &sources, "--from"), (&args.to, &destinations, "--to")] {
         if !patterns.is_empty() && list.is_empty() {
-            return Err(Failure::Usage(format!(
-                "{flag} {}: matches no endpoint",
-                patterns.join(" ")
-            ))
-            .into());
+            return Err(Failure::Usage(format!("{flag} {}: matches no endpoint", patterns.join(" "))).into());
         }
     }
     if !probes.is_empty() {
-        return per_probe(
-            args.format,
-            &engine,
-            &matrix,
-            &names,
-            &sources,
-            &destinations,
-            &probes,
-            out,
-        );
+        return per_probe(args.format, &engine, &matrix, &names, &sources, &destinations, &probes, out);
     }
     match args.format {
         AnalyzeFormat::Tsv => {
@@ -77,9 +54,7 @@ pub fn run(args: &AnalyzeArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
                 for &j in destinations.iter().filter(|&&j| j != i) {
                     let c = matrix.get(i, j);
                     if !c.is_none() {
-                        pairs.push(
-                            json!({"src": names.names[i], "dst": names.names[j], "connections": c}),
-                        );
+                        pairs.push(json!({"src": names.names[i], "dst": names.names[j], "connections": c}));
                     }
                 }
             }
@@ -94,11 +69,7 @@ pub fn run(args: &AnalyzeArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
                     let table: Vec<Vec<String>> = rows
                         .iter()
                         .map(|r| {
-                            vec![
-                                names.describe(&r.sources),
-                                names.describe(&r.destinations),
-                                r.connections.to_string(),
-                            ]
+                            vec![names.describe(&r.sources), names.describe(&r.destinations), r.connections.to_string()]
                         })
                         .collect();
                     output::table::write(out, &["SOURCE", "DESTINATION", "CONNECTIONS"], &table)?;
@@ -109,9 +80,7 @@ pub fn run(args: &AnalyzeArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
                     ));
                 }
                 AnalyzeFormat::Dot => output::dot::write(out, &names, &rows)?,
-                AnalyzeFormat::Html => {
-                    output::html::write(out, "Palisade: cluster connectivity", &names, &rows)?
-                }
+                AnalyzeFormat::Html => output::html::write(out, "Palisade: cluster connectivity", &names, &rows)?,
                 AnalyzeFormat::Tsv | AnalyzeFormat::Json => unreachable!(),
             }
         }
@@ -125,17 +94,11 @@ fn filtered_rows(
     sources: &[usize],
     destinations: &[usize],
 ) -> Vec<palisade_engine::GroupRow> {
-    let all =
-        sources.len() == matrix.endpoints.len() && destinations.len() == matrix.endpoints.len();
+    let all = sources.len() == matrix.endpoints.len() && destinations.len() == matrix.endpoints.len();
     let mut rows = matrix.grouped(engine);
     if !all {
-        let (s, d): (
-            std::collections::HashSet<usize>,
-            std::collections::HashSet<usize>,
-        ) = (
-            sources.iter().copied().collect(),
-            destinations.iter().copied().collect(),
-        );
+        let (s, d): (std::collections::HashSet<usize>, std::collections::HashSet<usize>) =
+            (sources.iter().copied().collect(), destinations.iter().copied().collect());
         for r in &mut rows {
             r.sources.retain(|i| s.contains(i));
             r.destinations.retain(|i| d.contains(i));
@@ -178,14 +141,8 @@ fn per_probe(
             "deny"
         }
     };
-    let pairs = || {
-        sources.iter().flat_map(move |&i| {
-            destinations
-                .iter()
-                .filter(move |&&j| j != i)
-                .map(move |&j| (i, j))
-        })
-    };
+    let pairs =
+        || sources.iter().flat_map(move |&i| destinations.iter().filter(move |&&j| j != i).map(move |&j| (i, j)));
     match format {
         AnalyzeFormat::Tsv => {
             writeln!(out, "src\tdst\tprotocol\tport\tverdict")?;
@@ -226,10 +183,7 @@ fn per_probe(
             writeln!(out)?;
         }
         AnalyzeFormat::Table => {
-            let probe_names: Vec<String> = probes
-                .iter()
-                .map(|(p, n)| format!("{}/{n}", p.as_lower()))
-                .collect();
+            let probe_names: Vec<String> = probes.iter().map(|(p, n)| format!("{}/{n}", p.as_lower())).collect();
             let mut header = vec!["SRC", "DST"];
             header.extend(probe_names.iter().map(String::as_str));
             let rows: Vec<Vec<String>> = pairs()
@@ -242,10 +196,7 @@ fn per_probe(
             output::table::write(out, &header, &rows)?;
         }
         AnalyzeFormat::Dot | AnalyzeFormat::Html => {
-            return Err(Failure::Usage(
-                "--port gives per-probe verdicts: use -o table, tsv or json".into(),
-            )
-            .into())
+            return Err(Failure::Usage("--port gives per-probe verdicts: use -o table, tsv or json".into()).into())
         }
     }
     Ok(())

@@ -35,13 +35,7 @@ pub fn run(args: &DiffArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
                         s.to_string()
                     }
                 };
-                vec![
-                    mark.to_string(),
-                    c.source.clone(),
-                    c.destination.clone(),
-                    show(&c.gained),
-                    show(&c.lost),
-                ]
+                vec![mark.to_string(), c.source.clone(), c.destination.clone(), show(&c.gained), show(&c.lost)]
             })
             .collect();
         output::table::write(out, &["", "SOURCE", "DESTINATION", "GAINED", "LOST"], &rows)?;

@@ -20,22 +20,15 @@ fn resolve(engine: &Engine, s: &str) -> Result<FlowEnd, Failure> {
     // `ns/name` also finds a workload `ns/name[Kind]` when only one has that name.
     let candidates: Vec<_> = engine
         .endpoints()
-        .filter(|(_, e)| {
-            key.kind.is_none() && e.key.namespace == key.namespace && e.key.name == key.name
-        })
+        .filter(|(_, e)| key.kind.is_none() && e.key.namespace == key.namespace && e.key.name == key.name)
         .map(|(id, _)| id)
         .collect();
     match candidates.as_slice() {
         [one] => Ok(FlowEnd::Endpoint(*one)),
-        [] => Err(Failure::Usage(format!(
-            "{s:?}: no such endpoint (write ns/name, ns/name[Kind], or an IP address)"
-        ))),
+        [] => Err(Failure::Usage(format!("{s:?}: no such endpoint (write ns/name, ns/name[Kind], or an IP address)"))),
         many => Err(Failure::Usage(format!(
             "{s:?} is ambiguous: {}",
-            many.iter()
-                .map(|id| engine.endpoint(*id).key.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            many.iter().map(|id| engine.endpoint(*id).key.to_string()).collect::<Vec<_>>().join(", ")
         ))),
     }
 }
@@ -43,12 +36,7 @@ fn resolve(engine: &Engine, s: &str) -> Result<FlowEnd, Failure> {
 pub fn run(args: &ExplainArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
     let (protocol, port) = parse_probe(&args.port)?;
     let (_, engine) = load_engine(&args.input.paths, args.input.skip_invalid, ui)?;
-    let flow = Flow {
-        src: resolve(&engine, &args.src)?,
-        dst: resolve(&engine, &args.dst)?,
-        protocol,
-        port,
-    };
+    let flow = Flow { src: resolve(&engine, &args.src)?, dst: resolve(&engine, &args.dst)?, protocol, port };
     let e = engine.explain(&flow);
     if args.format == TextOrJson::Json {
         serde_json::to_writer_pretty(&mut *out, &e)?;
@@ -71,15 +59,11 @@ pub fn run(args: &ExplainArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
         };
         let summary = match side.decision {
             "external" => "outside the cluster: no policy applies".to_string(),
-            "self" => "an endpoint's traffic to itself never leaves its network namespace: allowed"
-                .to_string(),
+            "self" => "an endpoint's traffic to itself never leaves its network namespace: allowed".to_string(),
             "node-local" => "traffic between a pod and its own node is always allowed".to_string(),
             "not-isolated" => "no policy selects it for this direction: allowed".to_string(),
             "allowed" => format!("isolated by {} policy(ies); allowed", side.policies.len()),
-            _ => format!(
-                "isolated by {} policy(ies); no rule allows it: DENIED",
-                side.policies.len()
-            ),
+            _ => format!("isolated by {} policy(ies); no rule allows it: DENIED", side.policies.len()),
         };
         writeln!(out, "\n{what} {}: {summary}", side.endpoint)?;
         for p in &side.policies {
@@ -88,13 +72,7 @@ pub fn run(args: &ExplainArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
                 writeln!(out, "    (no {} rules: denies all)", side.direction)?;
             }
             for r in &p.rules {
-                writeln!(
-                    out,
-                    "    rule {}: {} - {}",
-                    r.index,
-                    if r.allows { "allows" } else { "no match" },
-                    r.reason
-                )?;
+                writeln!(out, "    rule {}: {} - {}", r.index, if r.allows { "allows" } else { "no match" }, r.reason)?;
             }
         }
     }

@@ -45,10 +45,7 @@ pub fn run(args: &LintArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
     if let Some(t) = threshold {
         let failing = findings.iter().filter(|f| f.severity >= t).count();
         if failing > 0 {
-            return Err(Failure::Findings(format!(
-                "{failing} finding(s) at or above --fail-on {t}"
-            ))
-            .into());
+            return Err(Failure::Findings(format!("{failing} finding(s) at or above --fail-on {t}")).into());
         }
     }
     Ok(())

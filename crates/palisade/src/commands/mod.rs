@@ -1,4 +1,5 @@
 pub mod analyze;
+pub mod bench;
 pub mod diff;
 pub mod explain;
 pub mod lint;

@@ -37,15 +37,8 @@ pub fn write(out: &mut dyn Write, names: &Names, rows: &[GroupRow]) -> io::Resul
     for ns in names.namespaces() {
         writeln!(out, "  subgraph {} {{", quote(&format!("cluster_{ns}")))?;
         writeln!(out, "    label={}; style=dashed;", quote(ns))?;
-        for n in nodes
-            .iter()
-            .filter(|n| namespace_of(n).as_deref() == Some(ns))
-        {
-            let shape = if n.ends_with("/*") {
-                ", shape=folder"
-            } else {
-                ""
-            };
+        for n in nodes.iter().filter(|n| namespace_of(n).as_deref() == Some(ns)) {
+            let shape = if n.ends_with("/*") { ", shape=folder" } else { "" };
             writeln!(
                 out,
                 "    {} [label={}{shape}];",
@@ -59,13 +52,7 @@ pub fn write(out: &mut dyn Write, names: &Names, rows: &[GroupRow]) -> io::Resul
         writeln!(out, "  \"*\" [label=\"all endpoints\", shape=folder];")?;
     }
     for (s, d, label) in edges {
-        writeln!(
-            out,
-            "  {} -> {} [label={}];",
-            quote(&s),
-            quote(&d),
-            quote(&label)
-        )?;
+        writeln!(out, "  {} -> {} [label={}];", quote(&s), quote(&d), quote(&label))?;
     }
     writeln!(out, "}}")
 }

@@ -9,10 +9,7 @@ use palisade_engine::GroupRow;
 use super::Names;
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 const MAX_GRAPH_NODES: usize = 300;
@@ -39,17 +36,19 @@ pub fn write(out: &mut dyn Write, title: &str, names: &Names, rows: &[GroupRow])
     for (i, v) in nodes.values_mut().enumerate() {
         *v = i;
     }
-    writeln!(
-        out,
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title>",
-        esc(title)
-    )?;
+    writeln!(out, "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title>", esc(title))?;
     writeln!(
         out,
         "<style>body{{font-family:system-ui,sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left;vertical-align:top}}\
          th{{background:#eee}}input{{font-size:1em;padding:4px;width:30em}}svg text{{font-size:10px}}line{{stroke:#4a7;stroke-opacity:.5}}line:hover{{stroke:#c00;stroke-opacity:1}}</style></head><body>"
     )?;
-    writeln!(out, "<h1>{}</h1><p>{} endpoints, {} rows of allowed connections (a pod can always reach itself).</p>", esc(title), names.names.len(), rows.len())?;
+    writeln!(
+        out,
+        "<h1>{}</h1><p>{} endpoints, {} rows of allowed connections (a pod can always reach itself).</p>",
+        esc(title),
+        names.names.len(),
+        rows.len()
+    )?;
     writeln!(out, "<h2>Graph</h2>")?;
     if count <= MAX_GRAPH_NODES {
         let size = 300.0 + count as f64 * 12.0;
@@ -58,10 +57,7 @@ pub fn write(out: &mut dyn Write, title: &str, names: &Names, rows: &[GroupRow])
             let a = i as f64 / count.max(1) as f64 * std::f64::consts::TAU;
             (cx + r * a.cos(), cy + r * a.sin(), a)
         };
-        writeln!(
-            out,
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{size:.0}\" height=\"{size:.0}\">"
-        )?;
+        writeln!(out, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{size:.0}\" height=\"{size:.0}\">")?;
         writeln!(out, "<defs><marker id=\"arrow\" viewBox=\"0 0 10 10\" refX=\"10\" refY=\"5\" markerWidth=\"6\" markerHeight=\"6\" orient=\"auto\"><path d=\"M0,0L10,5L0,10z\" fill=\"#4a7\"/></marker></defs>")?;
         for (s, d, label) in &edges {
             let ((x1, y1, _), (x2, y2, _)) = (pos(nodes[s]), pos(nodes[d]));
@@ -76,11 +72,7 @@ pub fn write(out: &mut dyn Write, title: &str, names: &Names, rows: &[GroupRow])
         for (name, &i) in &nodes {
             let (x, y, a) = pos(i);
             let deg = a.to_degrees();
-            let (rot, anchor) = if (90.0..270.0).contains(&deg) {
-                (deg + 180.0, "end")
-            } else {
-                (deg, "start")
-            };
+            let (rot, anchor) = if (90.0..270.0).contains(&deg) { (deg + 180.0, "end") } else { (deg, "start") };
             writeln!(
                 out,
                 "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"4\" fill=\"#246\"><title>{n}</title></circle><text x=\"{x:.1}\" y=\"{y:.1}\" dx=\"{dx}\" text-anchor=\"{anchor}\" transform=\"rotate({rot:.1} {x:.1} {y:.1})\">{n}</text>",
@@ -90,13 +82,13 @@ pub fn write(out: &mut dyn Write, title: &str, names: &Names, rows: &[GroupRow])
         }
         writeln!(out, "</svg>")?;
     } else {
-        writeln!(
-            out,
-            "<p>{count} nodes: too many to draw usefully; use the table below.</p>"
-        )?;
+        writeln!(out, "<p>{count} nodes: too many to draw usefully; use the table below.</p>")?;
     }
     writeln!(out, "<h2>Allowed connections</h2><p><input id=\"q\" placeholder=\"filter: namespace, endpoint or port\" oninput=\"f()\"></p>")?;
-    writeln!(out, "<table id=\"t\"><thead><tr><th>source</th><th>destination</th><th>connections</th></tr></thead><tbody>")?;
+    writeln!(
+        out,
+        "<table id=\"t\"><thead><tr><th>source</th><th>destination</th><th>connections</th></tr></thead><tbody>"
+    )?;
     for row in rows {
         writeln!(
             out,

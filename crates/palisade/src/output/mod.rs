@@ -28,11 +28,7 @@ impl Names {
             names.push(key.to_string());
             namespaces.push(key.namespace.clone());
         }
-        Names {
-            names,
-            namespaces,
-            per_namespace,
-        }
+        Names { names, namespaces, per_namespace }
     }
 
     pub fn namespace(&self, i: usize) -> &str {

@@ -7,9 +7,7 @@ use std::io::{self, Write};
 pub fn write(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
     let cols = header.len();
     let mut width = vec![0usize; cols];
-    for row in
-        std::iter::once(&header.iter().map(|s| s.to_string()).collect::<Vec<_>>()).chain(rows)
-    {
+    for row in std::iter::once(&header.iter().map(|s| s.to_string()).collect::<Vec<_>>()).chain(rows) {
         for (i, cell) in row.iter().enumerate().take(cols) {
             width[i] = width[i].max(cell.chars().count());
         }
@@ -25,10 +23,7 @@ pub fn write(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) -> io::
         }
         writeln!(out, "{}", s.trim_end())
     };
-    line(
-        out,
-        &header.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-    )?;
+    line(out, &header.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
     for row in rows {
         line(out, row)?;
     }
