@@ -319,7 +319,13 @@ fn parse_document(doc: Doc, location: Location, out: &mut Manifests) {
             format!("{api_version:?}: {kind} is read as {}", reader.api_versions.join(" or ")),
         );
     }
-    let object = (reader.read)(doc, &mut ctx);
+    let object = if ctx.errors.is_empty() {
+        (reader.read)(doc, &mut ctx)
+    } else {
+        // A wrong apiVersion: the typed reading would only repeat it.
+        ctx.untyped = as_value(&doc).ok();
+        None
+    };
     if object.is_none() && ctx.name.is_empty() {
         // The object did not parse: name it from the untyped reading if we can.
         if let Some(v) = ctx.untyped.take() {

@@ -1,0 +1,223 @@
+//! One test per validation rule: each error names the file, the document,
+//! the object, the field path and what is wrong.
+
+use palisade_model::{parse_sources, Cluster, Source};
+
+fn problems(yaml: &str) -> Vec<String> {
+    let m = parse_sources(&[Source { name: "in.yaml".into(), text: yaml.into() }]);
+    let (_, problems, _) = Cluster::from_manifests(m);
+    problems.iter().map(|p| p.to_string()).collect()
+}
+
+fn policy(spec: &str) -> String {
+    format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p, namespace: ns}}\nspec:\n{spec}")
+}
+
+#[track_caller]
+fn assert_one(yaml: &str, expected: &str) {
+    let p = problems(yaml);
+    assert_eq!(p.len(), 1, "expected one problem, got {p:#?}");
+    assert_eq!(p[0], expected);
+}
+
+const HEAD: &str = "in.yaml (document 1): NetworkPolicy ns/p: ";
+
+#[test]
+fn selector_operator_must_be_known() {
+    assert_one(
+        &policy("  podSelector: {matchExpressions: [{key: a, operator: Equals, values: [x]}]}"),
+        &format!("{HEAD}spec.podSelector.matchExpressions[0].operator: \"Equals\": not a valid selector operator (In, NotIn, Exists, DoesNotExist)"),
+    );
+}
+
+#[test]
+fn in_and_notin_need_values() {
+    assert_one(
+        &policy("  podSelector: {matchExpressions: [{key: a, operator: NotIn, values: []}]}"),
+        &format!("{HEAD}spec.podSelector.matchExpressions[0].values: must be specified when `operator` is 'In' or 'NotIn'"),
+    );
+}
+
+#[test]
+fn exists_and_doesnotexist_take_no_values() {
+    assert_one(
+        &policy("  podSelector: {matchExpressions: [{key: a, operator: DoesNotExist, values: [x]}]}"),
+        &format!("{HEAD}spec.podSelector.matchExpressions[0].values: may not be specified when `operator` is 'Exists' or 'DoesNotExist'"),
+    );
+}
+
+#[test]
+fn label_keys_and_values_are_checked() {
+    let p = problems(&policy("  podSelector: {matchLabels: {\"bad key\": ok, good: \"-bad\"}}"));
+    assert_eq!(p.len(), 1);
+    assert!(p[0].contains("spec.podSelector.matchLabels: \"bad key\": name part must consist"), "{}", p[0]);
+    assert!(p[0].contains("spec.podSelector.matchLabels[good]: \"-bad\": a valid label value"), "{}", p[0]);
+}
+
+#[test]
+fn port_numbers_are_1_to_65535() {
+    assert_one(
+        &policy("  podSelector: {}\n  ingress: [{ports: [{port: 0}]}]"),
+        &format!("{HEAD}spec.ingress[0].ports[0].port: 0: must be between 1 and 65535, inclusive"),
+    );
+    assert_one(
+        &policy("  podSelector: {}\n  egress: [{ports: [{port: 80, endPort: 70000}]}]"),
+        &format!("{HEAD}spec.egress[0].ports[0].endPort: 70000: must be between 1 and 65535, inclusive"),
+    );
+}
+
+#[test]
+fn named_ports_are_iana_service_names() {
+    assert_one(
+        &policy("  podSelector: {}\n  ingress: [{ports: [{port: \"my--port\"}]}]"),
+        &format!("{HEAD}spec.ingress[0].ports[0].port: \"my--port\": must not contain consecutive hyphens"),
+    );
+    assert_one(
+        &policy("  podSelector: {}\n  ingress: [{ports: [{port: \"80\"}]}]"),
+        &format!("{HEAD}spec.ingress[0].ports[0].port: \"80\": must contain at least one letter (a-z)"),
+    );
+}
+
+#[test]
+fn endport_needs_a_numeric_port_not_below_it() {
+    assert_one(
+        &policy("  podSelector: {}\n  ingress: [{ports: [{endPort: 90}]}]"),
+        &format!("{HEAD}spec.ingress[0].ports[0].endPort: may not be specified when `port` is not specified"),
+    );
+    assert_one(
+        &policy("  podSelector: {}\n  ingress: [{ports: [{port: http, endPort: 90}]}]"),
+        &format!("{HEAD}spec.ingress[0].ports[0].endPort: may not be specified when `port` is non-numeric"),
+    );
+    assert_one(
+        &policy("  podSelector: {}\n  ingress: [{ports: [{port: 90, endPort: 80}]}]"),
+        &format!("{HEAD}spec.ingress[0].ports[0].endPort: 80: must be greater than or equal to `port` 90"),
+    );
+}
+
+#[test]
+fn protocol_is_tcp_udp_or_sctp() {
+    assert_one(
+        &policy("  podSelector: {}\n  ingress: [{ports: [{protocol: tcp, port: 80}]}]"),
+        &format!("{HEAD}spec.ingress[0].ports[0].protocol: \"tcp\": supported values: \"SCTP\", \"TCP\", \"UDP\""),
+    );
+}
+
+#[test]
+fn ipblock_cidr_must_parse() {
+    assert_one(
+        &policy("  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]"),
+        &format!("{HEAD}spec.ingress[0].from[0].ipBlock.cidr: \"10.0.0.0/33\": must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)"),
+    );
+}
+
+#[test]
+fn ipblock_except_is_a_strict_subset() {
+    assert_one(
+        &policy("  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.1.0.0/24]}}]}]"),
+        &format!("{HEAD}spec.ingress[0].from[0].ipBlock.except[0]: \"10.1.0.0/24\": must be a strict subset of `cidr` 10.0.0.0/16"),
+    );
+    assert_one(
+        &policy("  podSelector: {}\n  egress: [{to: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.0.0.0/16]}}]}]"),
+        &format!("{HEAD}spec.egress[0].to[0].ipBlock.except[0]: \"10.0.0.0/16\": must be a strict subset of `cidr` 10.0.0.0/16"),
+    );
+}
+
+#[test]
+fn a_peer_is_selectors_or_ipblock() {
+    assert_one(
+        &policy("  podSelector: {}\n  ingress: [{from: [{}]}]"),
+        &format!("{HEAD}spec.ingress[0].from[0]: must specify a peer"),
+    );
+    assert_one(
+        &policy("  podSelector: {}\n  ingress: [{from: [{podSelector: {}, ipBlock: {cidr: 10.0.0.0/8}}]}]"),
+        &format!("{HEAD}spec.ingress[0].from[0]: may not specify both ipBlock and another peer"),
+    );
+}
+
+#[test]
+fn policy_types_are_ingress_or_egress() {
+    assert_one(
+        &policy("  podSelector: {}\n  policyTypes: [Ingress, Outbound]"),
+        &format!("{HEAD}spec.policyTypes[1]: \"Outbound\": supported values: \"Ingress\", \"Egress\""),
+    );
+    let p = problems(&policy("  podSelector: {}\n  policyTypes: [Ingress, Egress, Ingress]"));
+    assert!(p[0].contains("spec.policyTypes: may not specify more than two policyTypes"), "{p:?}");
+}
+
+#[test]
+fn objects_need_valid_names() {
+    assert_one(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {namespace: ns}\nspec: {podSelector: {}}",
+        "in.yaml (document 1): NetworkPolicy ns/: metadata.name: required",
+    );
+    let p = problems("apiVersion: v1\nkind: Namespace\nmetadata: {name: Bad_Name}");
+    assert!(p[0].starts_with("in.yaml (document 1): Namespace Bad_Name: metadata.name: \"Bad_Name\": a lowercase RFC 1123 label"), "{p:?}");
+}
+
+#[test]
+fn api_version_must_be_served() {
+    assert_one(
+        &"apiVersion: extensions/v1beta1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: ns}\nspec: {podSelector: {}}".to_string(),
+        &format!("{HEAD}apiVersion: \"extensions/v1beta1\": NetworkPolicy is read as networking.k8s.io/v1"),
+    );
+}
+
+#[test]
+fn type_errors_name_the_field() {
+    let p = problems(&policy("  podSelector: {matchLabels: [a, b]}"));
+    assert_eq!(p.len(), 1);
+    assert!(p[0].starts_with(&format!("{HEAD}spec.podSelector.matchLabels: invalid type")), "{p:?}");
+}
+
+#[test]
+fn documents_are_counted_and_syntax_errors_reported() {
+    let p = problems("apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\nkind: [unclosed\n");
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].starts_with("in.yaml (document 2): not valid YAML or JSON"), "{p:?}");
+    let p = problems("--- 42\n");
+    assert_eq!(p, vec!["in.yaml (document 1): not a Kubernetes object: the document is not a mapping"]);
+    let p = problems("apiVersion: v1\nmetadata: {name: a}\n");
+    assert_eq!(p, vec!["in.yaml (document 1): not a Kubernetes object: no `kind`"]);
+}
+
+#[test]
+fn duplicates_are_reported_with_the_first_location() {
+    let ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n";
+    let p = problems(&format!("{ns}---\n{ns}"));
+    assert_eq!(p, vec!["in.yaml (document 2): Namespace a: metadata.name: declared twice: first at in.yaml (document 1)"]);
+}
+
+#[test]
+fn unknown_kinds_are_counted_not_fatal() {
+    let m = parse_sources(&[Source { name: "in.yaml".into(), text: "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n".into() }]);
+    assert!(m.problems.is_empty());
+    assert_eq!(m.skipped.get("ConfigMap"), Some(&1));
+}
+
+#[test]
+fn lists_and_json_are_read() {
+    let list = r#"{"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a"}},
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "a"}, "status": {"podIP": "not-an-ip"}}]}"#;
+    let p = problems(list);
+    assert_eq!(p, vec!["in.yaml (document 1, item 1): Pod a/p: status.podIP: \"not-an-ip\": must be a valid IP address"]);
+}
+
+#[test]
+fn plain_scalars_read_as_kubectl_reads_them() {
+    // `y` and `2` in string fields are strings, as with kubectl (YAML 1.1 would say true).
+    let m = parse_sources(&[Source {
+        name: "in.yaml".into(),
+        text: "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: y\n  labels: {on: y, version: \"2\"}\n".into(),
+    }]);
+    assert!(m.problems.is_empty(), "{:?}", m.problems);
+    let (c, _, _) = Cluster::from_manifests(m);
+    assert_eq!(c.namespaces["y"].labels.get("on").map(String::as_str), Some("y"));
+}
+
+#[test]
+fn all_errors_of_an_object_are_reported_together() {
+    let p = problems(&policy("  podSelector: {}\n  ingress: [{ports: [{port: 0}, {protocol: ICMP}]}]"));
+    assert_eq!(p.len(), 1);
+    assert!(p[0].contains("\n  spec.ingress[0].ports[0].port") && p[0].contains("\n  spec.ingress[0].ports[1].protocol"), "{}", p[0]);
+}
