@@ -10,7 +10,9 @@ fn problems(yaml: &str) -> Vec<String> {
 }
 
 fn policy(spec: &str) -> String {
-    format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p, namespace: ns}}\nspec:\n{spec}")
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p, namespace: ns}}\nspec:\n{spec}"
+    )
 }
 
 #[track_caller]
@@ -34,7 +36,9 @@ fn selector_operator_must_be_known() {
 fn in_and_notin_need_values() {
     assert_one(
         &policy("  podSelector: {matchExpressions: [{key: a, operator: NotIn, values: []}]}"),
-        &format!("{HEAD}spec.podSelector.matchExpressions[0].values: must be specified when `operator` is 'In' or 'NotIn'"),
+        &format!(
+            "{HEAD}spec.podSelector.matchExpressions[0].values: must be specified when `operator` is 'In' or 'NotIn'"
+        ),
     );
 }
 
@@ -151,7 +155,12 @@ fn objects_need_valid_names() {
         "in.yaml (document 1): NetworkPolicy ns/: metadata.name: required",
     );
     let p = problems("apiVersion: v1\nkind: Namespace\nmetadata: {name: Bad_Name}");
-    assert!(p[0].starts_with("in.yaml (document 1): Namespace Bad_Name: metadata.name: \"Bad_Name\": a lowercase RFC 1123 label"), "{p:?}");
+    assert!(
+        p[0].starts_with(
+            "in.yaml (document 1): Namespace Bad_Name: metadata.name: \"Bad_Name\": a lowercase RFC 1123 label"
+        ),
+        "{p:?}"
+    );
 }
 
 #[test]
@@ -184,12 +193,18 @@ fn documents_are_counted_and_syntax_errors_reported() {
 fn duplicates_are_reported_with_the_first_location() {
     let ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n";
     let p = problems(&format!("{ns}---\n{ns}"));
-    assert_eq!(p, vec!["in.yaml (document 2): Namespace a: metadata.name: declared twice: first at in.yaml (document 1)"]);
+    assert_eq!(
+        p,
+        vec!["in.yaml (document 2): Namespace a: metadata.name: declared twice: first at in.yaml (document 1)"]
+    );
 }
 
 #[test]
 fn unknown_kinds_are_counted_not_fatal() {
-    let m = parse_sources(&[Source { name: "in.yaml".into(), text: "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n".into() }]);
+    let m = parse_sources(&[Source {
+        name: "in.yaml".into(),
+        text: "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n".into(),
+    }]);
     assert!(m.problems.is_empty());
     assert_eq!(m.skipped.get("ConfigMap"), Some(&1));
 }
@@ -200,7 +215,10 @@ fn lists_and_json_are_read() {
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a"}},
         {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "a"}, "status": {"podIP": "not-an-ip"}}]}"#;
     let p = problems(list);
-    assert_eq!(p, vec!["in.yaml (document 1, item 1): Pod a/p: status.podIP: \"not-an-ip\": must be a valid IP address"]);
+    assert_eq!(
+        p,
+        vec!["in.yaml (document 1, item 1): Pod a/p: status.podIP: \"not-an-ip\": must be a valid IP address"]
+    );
 }
 
 #[test]
@@ -219,5 +237,9 @@ fn plain_scalars_read_as_kubectl_reads_them() {
 fn all_errors_of_an_object_are_reported_together() {
     let p = problems(&policy("  podSelector: {}\n  ingress: [{ports: [{port: 0}, {protocol: ICMP}]}]"));
     assert_eq!(p.len(), 1);
-    assert!(p[0].contains("\n  spec.ingress[0].ports[0].port") && p[0].contains("\n  spec.ingress[0].ports[1].protocol"), "{}", p[0]);
+    assert!(
+        p[0].contains("\n  spec.ingress[0].ports[0].port") && p[0].contains("\n  spec.ingress[0].ports[1].protocol"),
+        "{}",
+        p[0]
+    );
 }

@@ -85,7 +85,7 @@ pub fn load_cluster(paths: &[PathBuf], skip_invalid: bool, ui: &Ui) -> Result<Cl
     }
     for p in &problems {
         if skip_invalid {
-            ui.warn(&format!("{p} (skipped)"));
+            ui.warn(&format!("skipped: {p}"));
         } else {
             ui.error(&p.to_string());
         }
@@ -129,6 +129,10 @@ pub fn key_matches(pattern: &str, key: &palisade_model::EndpointKey) -> bool {
     match pattern.split_once('/') {
         Some((ns, "*")) => key.namespace == ns,
         Some(("*", name)) => name == key.name || shown.split_once('/').is_some_and(|(_, n)| n == name),
-        _ => palisade_model::EndpointKey::parse(pattern) == *key,
+        // `ns/name` also names a workload `ns/name[Kind]`.
+        _ => {
+            let p = palisade_model::EndpointKey::parse(pattern);
+            p.namespace == key.namespace && p.name == key.name && (p.kind.is_none() || p.kind == key.kind)
+        }
     }
 }
