@@ -166,7 +166,7 @@ fn objects_need_valid_names() {
 #[test]
 fn api_version_must_be_served() {
     assert_one(
-        &"apiVersion: extensions/v1beta1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: ns}\nspec: {podSelector: {}}".to_string(),
+        "apiVersion: extensions/v1beta1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: ns}\nspec: {podSelector: {}}",
         &format!("{HEAD}apiVersion: \"extensions/v1beta1\": NetworkPolicy is read as networking.k8s.io/v1"),
     );
 }
