@@ -91,6 +91,9 @@ pub fn run(args: &GenArgs, out: &mut dyn Write) -> Result<()> {
         ms(verdicts) * 1e3 / flows.len() as f64,
         flows.len()
     )?;
+    if let Some(kib) = peak_rss_kib() {
+        writeln!(out, "peak resident memory (whole run):    {:9.1} MiB", kib as f64 / 1024.0)?;
+    }
     writeln!(out, "analysis after parse / parse:        {:9.2}x", analysis.as_secs_f64() / parse.as_secs_f64())?;
     writeln!(
         out,
@@ -98,4 +101,11 @@ pub fn run(args: &GenArgs, out: &mut dyn Write) -> Result<()> {
         (parse + analysis).as_secs_f64() / parse.as_secs_f64()
     )?;
     Ok(())
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`), if readable.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
