@@ -125,7 +125,7 @@ impl Engine {
                                 PortSpec::All => true,
                                 PortSpec::Range { start, end } => *start <= flow.port && flow.port <= *end,
                                 PortSpec::Named(n) => {
-                                    dst_identity.and_then(|d| d.named_port(n, p.protocol)) == Some(flow.port)
+                                    dst_identity.is_some_and(|d| d.has_named_port(n, p.protocol, flow.port))
                                 }
                             };
                         ok.then(|| format!("port {p}"))

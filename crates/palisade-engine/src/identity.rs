@@ -24,9 +24,20 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// The port number a named port resolves to on this identity, per protocol.
-    pub fn named_port(&self, name: &str, protocol: palisade_model::Protocol) -> Option<u16> {
-        self.ports.iter().find(|p| p.protocol == protocol && p.name.as_deref() == Some(name)).map(|p| p.port)
+    /// The port numbers a named port resolves to on this identity, per
+    /// protocol. One pod declares a name once (the API server insists), but
+    /// the merged replicas of a workload may disagree: then every number
+    /// counts, so reachability is over-approximated, never hidden.
+    pub fn named_ports<'a>(
+        &'a self,
+        name: &'a str,
+        protocol: palisade_model::Protocol,
+    ) -> impl Iterator<Item = u16> + 'a {
+        self.ports.iter().filter(move |p| p.protocol == protocol && p.name.as_deref() == Some(name)).map(|p| p.port)
+    }
+
+    pub fn has_named_port(&self, name: &str, protocol: palisade_model::Protocol, port: u16) -> bool {
+        self.named_ports(name, protocol).any(|p| p == port)
     }
 }
 

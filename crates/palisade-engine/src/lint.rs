@@ -134,7 +134,7 @@ fn named_ports(engine: &Engine, id: PolicyId, p: &NetworkPolicy, out: &mut Vec<F
             // destination the rule can reach must.
             let declared = match d {
                 Direction::Ingress => {
-                    targets.iter().any(|t| engine.identity(*t).named_port(name, port.protocol).is_some())
+                    targets.iter().any(|t| engine.identity(*t).named_ports(name, port.protocol).next().is_some())
                 }
                 Direction::Egress => engine.endpoints().any(|(_, e)| {
                     e.ports.iter().any(|c| c.protocol == port.protocol && c.name.as_deref() == Some(name.as_str()))

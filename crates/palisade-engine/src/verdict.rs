@@ -108,7 +108,7 @@ impl Engine {
                         PortSpec::All => set.add_range(p.protocol, 1, 65535),
                         PortSpec::Range { start, end } => set.add_range(p.protocol, *start, *end),
                         PortSpec::Named(name) => {
-                            if let Some(port) = dst.and_then(|d| d.named_port(name, p.protocol)) {
+                            for port in dst.into_iter().flat_map(|d| d.named_ports(name, p.protocol)) {
                                 set.add_range(p.protocol, port, port);
                             }
                         }
@@ -128,7 +128,7 @@ impl Engine {
                     && match &p.port {
                         PortSpec::All => true,
                         PortSpec::Range { start, end } => *start <= port && port <= *end,
-                        PortSpec::Named(name) => dst.and_then(|d| d.named_port(name, protocol)) == Some(port),
+                        PortSpec::Named(name) => dst.is_some_and(|d| d.has_named_port(name, protocol, port)),
                     }
             }),
         }

@@ -184,6 +184,8 @@ fn labels_of(meta: &meta::ObjectMeta, path: &FieldPath, errors: &mut FieldErrors
 
 fn container_ports(containers: &[core::Container], spec: &FieldPath, errors: &mut FieldErrors) -> Vec<ContainerPort> {
     let mut out = Vec::new();
+    // Port names are unique across a pod's containers (API server rule).
+    let mut names = std::collections::HashSet::new();
     for (i, c) in containers.iter().enumerate() {
         for (j, p) in c.ports.iter().flatten().enumerate() {
             let path = spec.child("containers").index(i).child("ports").index(j);
@@ -209,6 +211,9 @@ fn container_ports(containers: &[core::Container], spec: &FieldPath, errors: &mu
             }
             if let Some(name) = &p.name {
                 errors.check(&path.child("name"), names::iana_svc_name(name));
+                if !names.insert(name.clone()) {
+                    errors.push(&path.child("name"), format!("{name:?}: Duplicate value"));
+                }
             }
             out.push(ContainerPort { name: p.name.clone(), protocol, port: p.container_port as u16 });
         }

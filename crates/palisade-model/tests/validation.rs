@@ -243,3 +243,11 @@ fn all_errors_of_an_object_are_reported_together() {
         p[0]
     );
 }
+
+#[test]
+fn container_port_names_are_unique_in_a_pod() {
+    let p = problems(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: ns}\nspec:\n  containers:\n  - {name: a, image: i, ports: [{name: http, containerPort: 80}]}\n  - {name: b, image: i, ports: [{name: http, containerPort: 8080}]}\n",
+    );
+    assert_eq!(p, vec!["in.yaml (document 1): Pod ns/p: spec.containers[1].ports[0].name: \"http\": Duplicate value"]);
+}
