@@ -343,3 +343,49 @@ proptest! {
         }
     }
 }
+
+/// Regression: merged replicas declaring one port name with two numbers
+/// (found by `engine_agrees_with_naive_reference`). Every number counts.
+#[test]
+fn regression_named_port_declared_twice_by_merged_replicas() {
+    let mut namespaces = BTreeMap::new();
+    for ns in ["n1", "n2"] {
+        namespaces.insert(ns.to_string(), Namespace::implied(ns));
+    }
+    let http = |port| ContainerPort { name: Some("http".into()), protocol: Protocol::Tcp, port };
+    let ep = |ns: &str, name: &str, ports| Endpoint {
+        key: EndpointKey::pod(ns, name),
+        labels: Labels::new(),
+        ips: vec![],
+        ports,
+        host_network: false,
+        node: None,
+    };
+    let c = Cluster {
+        namespaces,
+        endpoints: vec![ep("n2", "e0", vec![]), ep("n1", "e1", vec![http(53), http(80)])],
+        policies: vec![NetworkPolicy {
+            namespace: "n2".into(),
+            name: "p1".into(),
+            pod_selector: LabelSelector::everything(),
+            ingress: None,
+            egress: Some(vec![Rule {
+                peers: vec![],
+                ports: vec![PolicyPort { protocol: Protocol::Tcp, port: PortSpec::Named("http".into()) }],
+            }]),
+        }],
+        nodes: vec![],
+        services: vec![],
+    };
+    let engine = Engine::from_cluster(&c);
+    let (s, d) = (engine.endpoint_id(&c.endpoints[0].key).unwrap(), engine.endpoint_id(&c.endpoints[1].key).unwrap());
+    for port in [53, 80, 81] {
+        let flow = Flow { src: FlowEnd::Endpoint(s), dst: FlowEnd::Endpoint(d), protocol: Protocol::Tcp, port };
+        assert_eq!(
+            engine.allows(&flow),
+            naive_allows(&c, &c.endpoints[0], &c.endpoints[1], Protocol::Tcp, port),
+            "port {port}"
+        );
+        assert_eq!(engine.allows(&flow), port != 81);
+    }
+}
