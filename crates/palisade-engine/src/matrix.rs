@@ -92,7 +92,9 @@ impl Matrix {
                 let dst_index = if a == b {
                     match classes[b].get(1) {
                         Some(&second) => second,
-                        None => continue, // a lone endpoint and itself: see `self_cell`
+                        // A lone workload and itself: traffic between its replicas.
+                        None if engine.endpoint(endpoints[classes[b][0]]).key.kind.is_some() => classes[b][0],
+                        None => continue, // a lone Pod and itself: see `self_cell`
                     }
                 } else {
                     classes[b][0]
@@ -139,8 +141,9 @@ impl Matrix {
         for a in 0..n {
             let mut row: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
             for b in 0..n {
-                let cell =
-                    if a == b && self.classes[a].len() == 1 { self_cell(a) } else { Some(self.cells[a * n + b]) };
+                let lone_pod = self.classes[a].len() == 1
+                    && engine.endpoint(self.endpoints[self.classes[a][0]]).key.kind.is_none();
+                let cell = if a == b && lone_pod { self_cell(a) } else { Some(self.cells[a * n + b]) };
                 match cell {
                     Some(c) if Some(c) != none_id => row.entry(c).or_default().push(b as u32),
                     _ => {}

@@ -137,7 +137,10 @@ impl Engine {
     /// Special cases that hold before any policy is consulted.
     fn special_case(&self, src: &FlowEnd, dst: &FlowEnd) -> Option<SideVerdict> {
         if let (FlowEnd::Endpoint(a), FlowEnd::Endpoint(b)) = (src, dst) {
-            if a == b {
+            // A Pod to itself never leaves its network namespace. A workload
+            // "to itself" is traffic between its replicas: separate pods,
+            // so policy applies (regression: reported as always allowed).
+            if a == b && self.endpoint(*a).key.kind.is_none() {
                 return Some(SideVerdict::SelfTraffic);
             }
             let (ea, eb) = (self.endpoint(*a), self.endpoint(*b));

@@ -218,7 +218,10 @@ fn split_yaml(text: &str) -> Vec<&str> {
 fn yaml_options() -> serde_saphyr::Options {
     // Generated clusters run to many thousands of objects: raise the
     // parser's size budget, keep its depth and alias limits.
+    // YAML 1.2 booleans: `y`, `on`, `yes` stay strings, as kubectl reads
+    // them into string fields (untyped readings: Lists, field checks).
     serde_saphyr::options! {
+        strict_booleans: true,
         budget: serde_saphyr::budget! {
             max_documents: 10_000_000,
             max_events: usize::MAX,
@@ -473,6 +476,12 @@ static READERS: &[Reader] = &[
         api_versions: &["networking.k8s.io/v1"],
         namespaced: true,
         read: |doc, ctx| {
+            // Unknown fields fail closed: a typo such as `fromm` would
+            // otherwise turn a rule into allow-all (the API server's strict
+            // field validation rejects them too).
+            if let Ok(value) = as_value(&doc) {
+                crate::policy::check_known_fields(&value, &mut ctx.errors);
+            }
             let policy: net::NetworkPolicy = typed(doc, ctx)?;
             let ns = ctx.identify(&policy.metadata);
             Some(Object::NetworkPolicy(NetworkPolicy::parse(&policy, &ns, &mut ctx.errors)))

@@ -214,16 +214,10 @@ impl NetworkPolicy {
     pub fn parse(api: &net::NetworkPolicy, namespace: &str, errors: &mut FieldErrors) -> Self {
         let name = api.metadata.name.clone().unwrap_or_default();
         let spec_path = FieldPath::root("spec");
-        let Some(spec) = &api.spec else {
-            errors.push(&spec_path, "required");
-            return NetworkPolicy {
-                namespace: namespace.to_string(),
-                name,
-                pod_selector: LabelSelector::everything(),
-                ingress: Some(vec![]),
-                egress: None,
-            };
-        };
+        // No spec is the empty spec (the API's spec is not optional):
+        // every pod of the namespace, isolated for ingress, nothing allowed.
+        let empty = net::NetworkPolicySpec::default();
+        let spec = api.spec.as_ref().unwrap_or(&empty);
         let pod_selector = match &spec.pod_selector {
             Some(sel) => LabelSelector::parse(sel, &spec_path.child("podSelector"), errors),
             None => LabelSelector::everything(),
@@ -419,4 +413,75 @@ fn parse_port(port: &net::NetworkPolicyPort, path: &FieldPath, errors: &mut Fiel
         }
     };
     Some(PolicyPort { protocol, port: spec })
+}
+
+/// Reports fields the NetworkPolicy API does not have, with their paths.
+pub fn check_known_fields(doc: &serde_json::Value, errors: &mut FieldErrors) {
+    use serde_json::Value;
+    fn object(v: &Value, path: &FieldPath, known: &[&str], errors: &mut FieldErrors) {
+        if let Value::Object(map) = v {
+            for k in map.keys().filter(|k| !known.contains(&k.as_str())) {
+                errors.push(&path.child(k), "unknown field");
+            }
+        }
+    }
+    fn list(
+        v: Option<&Value>,
+        path: &FieldPath,
+        each: &dyn Fn(&Value, &FieldPath, &mut FieldErrors),
+        errors: &mut FieldErrors,
+    ) {
+        if let Some(Value::Array(items)) = v {
+            for (i, item) in items.iter().enumerate() {
+                each(item, &path.index(i), errors);
+            }
+        }
+    }
+    fn selector(v: Option<&Value>, path: &FieldPath, errors: &mut FieldErrors) {
+        if let Some(v) = v {
+            object(v, path, &["matchLabels", "matchExpressions"], errors);
+            list(
+                v.get("matchExpressions"),
+                &path.child("matchExpressions"),
+                &|e, p, errors| object(e, p, &["key", "operator", "values"], errors),
+                errors,
+            );
+        }
+    }
+    fn rules(v: Option<&Value>, path: &FieldPath, peers: &'static str, errors: &mut FieldErrors) {
+        list(
+            v,
+            path,
+            &|rule, p, errors| {
+                object(rule, p, &[peers, "ports"], errors);
+                list(
+                    rule.get("ports"),
+                    &p.child("ports"),
+                    &|port, p, errors| object(port, p, &["protocol", "port", "endPort"], errors),
+                    errors,
+                );
+                list(
+                    rule.get(peers),
+                    &p.child(peers),
+                    &|peer, p, errors| {
+                        object(peer, p, &["podSelector", "namespaceSelector", "ipBlock"], errors);
+                        selector(peer.get("podSelector"), &p.child("podSelector"), errors);
+                        selector(peer.get("namespaceSelector"), &p.child("namespaceSelector"), errors);
+                        if let Some(b) = peer.get("ipBlock") {
+                            object(b, &p.child("ipBlock"), &["cidr", "except"], errors);
+                        }
+                    },
+                    errors,
+                );
+            },
+            errors,
+        );
+    }
+    object(doc, &FieldPath::root(""), &["apiVersion", "kind", "metadata", "spec", "status"], errors);
+    let Some(spec) = doc.get("spec") else { return };
+    let path = FieldPath::root("spec");
+    object(spec, &path, &["podSelector", "policyTypes", "ingress", "egress"], errors);
+    selector(spec.get("podSelector"), &path.child("podSelector"), errors);
+    rules(spec.get("ingress"), &path.child("ingress"), "from", errors);
+    rules(spec.get("egress"), &path.child("egress"), "to", errors);
 }

@@ -251,3 +251,35 @@ fn container_port_names_are_unique_in_a_pod() {
     );
     assert_eq!(p, vec!["in.yaml (document 1): Pod ns/p: spec.containers[1].ports[0].name: \"http\": Duplicate value"]);
 }
+
+#[test]
+fn unknown_policy_fields_fail_closed() {
+    // `fromm` would otherwise read as a rule without `from`: allow all.
+    assert_one(
+        &policy("  podSelector: {}\n  ingress: [{fromm: [{podSelector: {}}]}]"),
+        &format!("{HEAD}spec.ingress[0].fromm: unknown field"),
+    );
+    assert_one(
+        &policy("  podSelector: {}\n  egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, excpet: [10.1.0.0/16]}}]}]"),
+        &format!("{HEAD}spec.egress[0].to[0].ipBlock.excpet: unknown field"),
+    );
+}
+
+#[test]
+fn a_policy_without_spec_denies_all_ingress_in_its_namespace() {
+    let m = parse_sources(&[Source {
+        name: "in.yaml".into(),
+        text: "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: ns}\n".into(),
+    }]);
+    let (c, problems, _) = Cluster::from_manifests(m);
+    assert!(problems.is_empty(), "{problems:?}");
+    assert!(c.policies[0].pod_selector.is_everything());
+    assert_eq!(c.policies[0].ingress, Some(vec![]));
+    assert_eq!(c.policies[0].egress, None);
+}
+
+#[test]
+fn list_items_in_yaml_keep_plain_scalars_as_strings() {
+    let p = problems("apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Pod\n  metadata: {name: p, namespace: y, labels: {enabled: yes}}\n");
+    assert!(p.is_empty(), "{p:?}");
+}

@@ -84,13 +84,16 @@ pub fn load_cluster(paths: &[PathBuf], skip_invalid: bool, ui: &Ui) -> Result<Cl
         return Ok(cluster);
     }
     for p in &problems {
-        if skip_invalid {
+        if skip_invalid && !matches!(p, palisade_model::Problem::Read { .. }) {
             ui.warn(&format!("skipped: {p}"));
         } else {
             ui.error(&p.to_string());
         }
     }
-    if skip_invalid {
+    // A path that cannot be read is not an invalid object: skipping it
+    // would analyze a different cluster than the one asked about.
+    let unreadable = problems.iter().filter(|p| matches!(p, palisade_model::Problem::Read { .. })).count();
+    if skip_invalid && unreadable == 0 {
         Ok(cluster)
     } else {
         Err(Failure::Input(format!(

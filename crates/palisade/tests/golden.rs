@@ -51,3 +51,8 @@ golden!(
 );
 golden!(missing_file, "analyze", "no/such/dir");
 golden!(bad_probe, "analyze", "examples/shop", "--port", "icmp/1");
+// Regression: replicas of one workload are separate pods; policy applies
+// between them (was reported as self traffic, always allowed).
+golden!(explain_between_replicas, "explain", "shop/web", "shop/web", "tcp/8080", "examples/shop");
+golden!(explain_pod_ip_is_the_pod, "explain", "203.0.113.7", "10.244.0.6", "tcp/5432", "docs/examples/lint-demo.yaml");
+golden!(skip_invalid_does_not_skip_missing_paths, "analyze", "no/such/dir", "examples/shop", "--skip-invalid");

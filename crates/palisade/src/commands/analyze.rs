@@ -74,7 +74,7 @@ pub fn run(args: &AnalyzeArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
                         .collect();
                     output::table::write(out, &["SOURCE", "DESTINATION", "CONNECTIONS"], &table)?;
                     ui.note(&format!(
-                        "{} endpoints in {} classes; pairs not listed have no connection; an endpoint can always reach itself",
+                        "{} endpoints in {} classes; pairs not listed have no connection; a pod can always reach itself",
                         n,
                         matrix.class_count()
                     ));

@@ -10,8 +10,13 @@ use crate::cli::{ExplainArgs, TextOrJson};
 use crate::input::{load_engine, parse_probe, Failure, Ui};
 
 fn resolve(engine: &Engine, s: &str) -> Result<FlowEnd, Failure> {
-    if let Ok(ip) = s.parse() {
-        return Ok(FlowEnd::Address(ip));
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        // A pod's address is that pod: its policies apply.
+        return Ok(engine
+            .endpoints()
+            .find(|(_, e)| e.ips.contains(&ip))
+            .map(|(id, _)| FlowEnd::Endpoint(id))
+            .unwrap_or(FlowEnd::Address(ip)));
     }
     let key = EndpointKey::parse(s);
     if let Some(id) = engine.endpoint_id(&key) {

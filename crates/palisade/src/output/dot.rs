@@ -9,11 +9,21 @@ use palisade_engine::GroupRow;
 
 use super::Names;
 
+/// Past this a graph is not readable, and Graphviz will not lay it out.
+const MAX_EDGES: usize = 100_000;
+
 fn quote(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 pub fn write(out: &mut dyn Write, names: &Names, rows: &[GroupRow]) -> io::Result<()> {
+    let edge_count: usize =
+        rows.iter().map(|r| names.items(&r.sources).len() * names.items(&r.destinations).len()).sum();
+    if edge_count > MAX_EDGES {
+        return Err(io::Error::other(format!(
+            "the graph would have {edge_count} edges (more than {MAX_EDGES}): narrow it with --from/--to, or use -o table"
+        )));
+    }
     writeln!(out, "digraph palisade {{")?;
     writeln!(out, "  rankdir=LR; compound=true; node [shape=box, style=rounded, fontname=\"Helvetica\"]; edge [fontname=\"Helvetica\", fontsize=10];")?;
     let mut edges = Vec::new();

@@ -13,6 +13,7 @@ fn esc(s: &str) -> String {
 }
 
 const MAX_GRAPH_NODES: usize = 300;
+const MAX_GRAPH_EDGES: usize = 20_000;
 
 pub fn write(out: &mut dyn Write, title: &str, names: &Names, rows: &[GroupRow]) -> io::Result<()> {
     let mut edges = Vec::new();
@@ -20,9 +21,12 @@ pub fn write(out: &mut dyn Write, title: &str, names: &Names, rows: &[GroupRow])
     for row in rows {
         let srcs = names.items(&row.sources);
         let dsts = names.items(&row.destinations);
-        for s in &srcs {
-            for d in &dsts {
-                edges.push((s.clone(), d.clone(), row.connections.to_string()));
+        // Past what can be drawn, edges are not even built (memory stays flat).
+        if edges.len() <= MAX_GRAPH_EDGES {
+            for s in &srcs {
+                for d in &dsts {
+                    edges.push((s.clone(), d.clone(), row.connections.to_string()));
+                }
             }
         }
         for n in srcs.into_iter().chain(dsts) {
@@ -50,7 +54,7 @@ pub fn write(out: &mut dyn Write, title: &str, names: &Names, rows: &[GroupRow])
         rows.len()
     )?;
     writeln!(out, "<h2>Graph</h2>")?;
-    if count <= MAX_GRAPH_NODES {
+    if count <= MAX_GRAPH_NODES && edges.len() <= MAX_GRAPH_EDGES {
         let size = 300.0 + count as f64 * 12.0;
         let (cx, cy, r) = (size / 2.0, size / 2.0, size / 2.0 - 140.0);
         let pos = |i: usize| {

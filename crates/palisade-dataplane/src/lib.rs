@@ -1,0 +1,12 @@
+//! Palisade's dataplane: the engine's compiled policy for the endpoints of
+//! one node, as nftables state in the node's network namespace.
+//!
+//! Decides nothing: it compiles the engine's decisions (see `ruleset.rs` for
+//! the shape). Costs: per packet, conntrack plus one verdict-map lookup per
+//! direction and one identity's rules; per change, one `nft -f` transaction
+//! touching only the sets and chains that changed.
+
+pub mod nft;
+pub mod ruleset;
+
+pub use ruleset::{compile, DenyAction, Options, Ruleset};
