@@ -170,17 +170,35 @@ impl Transaction {
     /// Applies the whole transaction with one `nft -f -`: the kernel commits
     /// it all or none of it. On error the previous state is untouched.
     pub fn apply(&self) -> Result<(), NftError> {
+        self.apply_in(None)
+    }
+
+    /// As [`apply`](Self::apply), inside a named network namespace (the lab's nodes).
+    pub fn apply_in(&self, netns: Option<&str>) -> Result<(), NftError> {
         if self.ops.is_empty() {
             return Ok(());
         }
         let script = self.render();
-        run_nft(&["-f", "-"], Some(&script)).map(|_| ())
+        run_nft_in(netns, &["-f", "-"], Some(&script)).map(|_| ())
     }
 }
 
 /// Runs nft with optional stdin; returns stdout.
 pub fn run_nft(args: &[&str], stdin: Option<&str>) -> Result<String, NftError> {
-    let mut child = Command::new("nft")
+    run_nft_in(None, args, stdin)
+}
+
+/// Runs nft, inside `netns` when given (`ip netns exec`).
+pub fn run_nft_in(netns: Option<&str>, args: &[&str], stdin: Option<&str>) -> Result<String, NftError> {
+    let mut command = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "nft"]);
+            c
+        }
+        None => Command::new("nft"),
+    };
+    let mut child = command
         .args(args)
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())

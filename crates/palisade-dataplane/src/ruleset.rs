@@ -440,7 +440,7 @@ impl Ruleset {
         tx.push(Op::AddTable);
         tx.push(Op::DeleteTable);
         tx.push(Op::AddTable);
-        self.add_all(&mut tx, &Ruleset::default());
+        tx.ops.extend(self.diff_transaction(&Ruleset::default(), table).ops);
         tx
     }
 
