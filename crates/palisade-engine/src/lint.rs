@@ -136,8 +136,17 @@ fn named_ports(engine: &Engine, id: PolicyId, p: &NetworkPolicy, out: &mut Vec<F
                 Direction::Ingress => {
                     targets.iter().any(|t| engine.identity(*t).named_ports(name, port.protocol).next().is_some())
                 }
-                Direction::Egress => engine.endpoints().any(|(_, e)| {
-                    e.ports.iter().any(|c| c.protocol == port.protocol && c.name.as_deref() == Some(name.as_str()))
+                Direction::Egress => engine.endpoints().any(|(eid, e)| {
+                    let identity = engine.endpoint_identity(eid);
+                    // Only destinations this rule's peers reach count.
+                    let reached = rule.peers.is_empty()
+                        || rule.peers.iter().enumerate().any(|(k, peer)| match peer {
+                            Peer::IpBlock(b) => e.ips.iter().any(|ip| b.contains(*ip)),
+                            Peer::Selector(_) => engine
+                                .rule_peer_selector(id, d, r, k)
+                                .is_some_and(|sel| engine.selector_cache().contains(sel, identity)),
+                        });
+                    reached && engine.identity(identity).named_ports(name, port.protocol).next().is_some()
                 }),
             };
             if !declared {
@@ -279,8 +288,14 @@ fn default_deny(engine: &Engine, policies: &[(PolicyId, &NetworkPolicy)], out: &
         }
     }
     for ns in with_endpoints {
-        let has =
-            policies.iter().any(|(_, p)| p.namespace == ns && p.pod_selector.is_everything() && p.ingress.is_some());
+        let has = policies.iter().any(|(_, p)| {
+            // Isolates every pod, and no rule of it opens everything again.
+            p.namespace == ns
+                && p.pod_selector.is_everything()
+                && p.ingress
+                    .as_ref()
+                    .is_some_and(|rules| !rules.iter().any(|r| r.peers.is_empty() && r.ports.is_empty()))
+        });
         if !has {
             out.push(Finding {
                 id: "namespace-without-default-deny",
@@ -332,5 +347,38 @@ fn dns(engine: &Engine, out: &mut Vec<Finding>) {
             message: format!("egress of {}{more} allows no UDP port 53: name resolution will fail", shown.join(", ")),
             fix: "allow egress to kube-system/kube-dns on UDP and TCP 53".into(),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_model::{parse_sources, Cluster, Source};
+
+    fn findings(yaml: &str) -> Vec<String> {
+        let (c, problems, _) =
+            Cluster::from_manifests(parse_sources(&[Source { name: "t".into(), text: yaml.into() }]));
+        assert!(problems.is_empty(), "{problems:?}");
+        lint(&Engine::from_cluster(&c)).into_iter().map(|f| format!("{} {}", f.id, f.object)).collect()
+    }
+
+    const PODS: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: d, labels: {app: web}}\nspec: {containers: [{name: c, image: i, ports: [{name: http, containerPort: 80}]}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: db, namespace: d, labels: {app: db}}\nspec: {containers: [{name: c, image: i}]}\n";
+
+    #[test]
+    fn an_allow_all_policy_is_no_default_deny() {
+        let f = findings(&format!("{PODS}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: open, namespace: d}}\nspec: {{podSelector: {{}}, ingress: [{{}}]}}\n"));
+        assert!(f.contains(&"namespace-without-default-deny Namespace d".to_string()), "{f:?}");
+        let f = findings(&format!("{PODS}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: deny, namespace: d}}\nspec: {{podSelector: {{}}}}\n"));
+        assert!(!f.iter().any(|f| f.starts_with("namespace-without-default-deny")), "{f:?}");
+    }
+
+    #[test]
+    fn egress_named_port_must_be_declared_by_a_reached_destination() {
+        // web declares `http`, db does not: egress to db on `http` opens nothing.
+        let policy = "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: e, namespace: d}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  policyTypes: [Egress]\n  egress: [{to: [{podSelector: {matchLabels: {app: TARGET}}}], ports: [{port: http}]}]\n";
+        let f = findings(&format!("{PODS}{}", policy.replace("TARGET", "db")));
+        assert!(f.contains(&"named-port-undeclared NetworkPolicy d/e".to_string()), "{f:?}");
+        let f = findings(&format!("{PODS}{}", policy.replace("TARGET", "web")));
+        assert!(!f.iter().any(|f| f.starts_with("named-port-undeclared")), "{f:?}");
     }
 }
