@@ -5,9 +5,9 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use palisade::gen::{generate, Rng, Spec};
-use palisade_engine::{Engine, Flow, FlowEnd, Matrix};
-use palisade_model::{parse_sources, Cluster, Protocol, Source};
+use palisade::gen::{generate, random_flows, Rng, Spec};
+use palisade_engine::{Engine, Matrix};
+use palisade_model::{parse_sources, Cluster, Source};
 
 const SPEC: Spec = Spec { namespaces: 100, pods: 10_000, policies: 5_000, seed: 1 };
 
@@ -51,16 +51,8 @@ fn benches(c: &mut Criterion) {
         })
     });
 
-    let ids: Vec<_> = engine.endpoints().map(|(id, _)| id).collect();
+    let flows = random_flows(&engine, 4096, 7);
     let mut rng = Rng::new(7);
-    let flows: Vec<Flow> = (0..4096)
-        .map(|_| Flow {
-            src: FlowEnd::Endpoint(ids[rng.below(ids.len())]),
-            dst: FlowEnd::Endpoint(ids[rng.below(ids.len())]),
-            protocol: Protocol::Tcp,
-            port: *rng.pick(&[53u16, 5432, 6379, 8080, 9090]),
-        })
-        .collect();
     let mut i = 0;
     c.bench_function("verdict query", |b| {
         b.iter(|| {

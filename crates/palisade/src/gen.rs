@@ -196,3 +196,19 @@ fn same_namespace_app(apps: &[App], ns: usize, rng: &mut Rng) -> String {
     }
     apps.iter().find(|a| a.namespace == ns).map(|a| a.name.clone()).unwrap_or_default()
 }
+
+/// `n` random TCP flows between the engine's endpoints on typical ports:
+/// the verdict-query workload of both benchmarks.
+pub fn random_flows(engine: &palisade_engine::Engine, n: usize, seed: u64) -> Vec<palisade_engine::Flow> {
+    use palisade_engine::{Flow, FlowEnd};
+    let ids: Vec<_> = engine.endpoints().map(|(id, _)| id).collect();
+    let mut rng = Rng::new(seed);
+    (0..n)
+        .map(|_| Flow {
+            src: FlowEnd::Endpoint(ids[rng.below(ids.len())]),
+            dst: FlowEnd::Endpoint(ids[rng.below(ids.len())]),
+            protocol: palisade_model::Protocol::Tcp,
+            port: *rng.pick(&[53u16, 5432, 6379, 8080, 9090]),
+        })
+        .collect()
+}

@@ -7,11 +7,11 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use palisade_engine::{Engine, Flow, FlowEnd, Matrix};
-use palisade_model::{parse_sources, Cluster, Protocol, Source};
+use palisade_engine::{Engine, Matrix};
+use palisade_model::{parse_sources, Cluster, Source};
 
 use crate::cli::GenArgs;
-use crate::gen::{generate, Rng, Spec};
+use crate::gen::{generate, random_flows, Spec};
 
 fn time<T>(f: impl FnOnce() -> T) -> (T, Duration) {
     let start = Instant::now();
@@ -62,16 +62,7 @@ pub fn run(args: &GenArgs, out: &mut dyn Write) -> Result<()> {
     });
 
     // Verdicts on random pairs.
-    let ids: Vec<_> = engine.endpoints().map(|(id, _)| id).collect();
-    let mut rng = Rng::new(7);
-    let flows: Vec<Flow> = (0..100_000)
-        .map(|_| Flow {
-            src: FlowEnd::Endpoint(ids[rng.below(ids.len())]),
-            dst: FlowEnd::Endpoint(ids[rng.below(ids.len())]),
-            protocol: Protocol::Tcp,
-            port: *rng.pick(&[53u16, 5432, 6379, 8080, 9090]),
-        })
-        .collect();
+    let flows = random_flows(&engine, 100_000, 7);
     let (allowed, verdicts) = time(|| flows.iter().filter(|f| engine.allows(f)).count());
 
     let analysis = compile + matrix_time + grouped;
