@@ -6,7 +6,9 @@
 //! direction and one identity's rules; per change, one `nft -f` transaction
 //! touching only the sets and chains that changed.
 
+pub mod netns;
 pub mod nft;
+pub mod podnet;
 pub mod ruleset;
 
 pub use ruleset::{compile, DenyAction, Options, Ruleset};

@@ -65,10 +65,23 @@ impl fmt::Display for Rule {
     }
 }
 
+/// The longest comment nft accepts, in bytes.
+pub const MAX_COMMENT: usize = 128;
+
 /// nft string literal (comments). nft 1.0.6 has no escapes inside quotes,
-/// so double quotes are replaced.
+/// so double quotes are replaced; comments longer than nft allows are cut
+/// (on a character boundary) and end with `...`.
 pub fn quote(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "'"))
+    let mut text = s.replace('"', "'");
+    if text.len() > MAX_COMMENT {
+        let mut cut = MAX_COMMENT - 3;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str("...");
+    }
+    format!("\"{text}\"")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,6 +240,15 @@ pub fn table_exists(table: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_comments_are_cut_to_what_nft_accepts() {
+        let long = "é".repeat(100);
+        let q = quote(&long);
+        assert!(q.len() - 2 <= MAX_COMMENT, "{} bytes", q.len());
+        assert!(q.ends_with("...\""));
+        assert_eq!(quote("short"), "\"short\"");
+    }
 
     #[test]
     fn renders_flat_commands_in_order() {

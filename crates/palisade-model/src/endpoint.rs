@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::field::{FieldErrors, FieldPath};
 use crate::labels::Labels;
@@ -19,7 +19,7 @@ use crate::policy::Protocol;
 
 /// The stable name of an endpoint: `namespace/name` for a Pod,
 /// `namespace/name[Kind]` for a workload (np-guard's convention).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct EndpointKey {
     pub namespace: String,
     pub name: String,

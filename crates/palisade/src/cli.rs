@@ -30,6 +30,9 @@ pub enum Command {
     Lint(LintArgs),
     /// Connections gained and lost between two sets of manifests.
     Diff(DiffArgs),
+    /// A real cluster network in network namespaces on this machine (root): real packets against the engine.
+    #[command(subcommand)]
+    Lab(LabCommand),
     /// Benchmark tools: generate realistic clusters.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -151,4 +154,59 @@ pub struct GenArgs {
     pub policies: usize,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+}
+
+#[derive(Subcommand)]
+pub enum LabCommand {
+    /// Build the cluster, serve every port in every pod, apply the policies, probe every pair, compare with the
+    /// engine, tear down. Exit 1 if any probe disagrees with the engine.
+    Run(LabRunArgs),
+    /// Remove leftovers of lab runs whose process is gone (all labs with --all).
+    Down(LabDownArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DenyArg {
+    /// Silently drop: the client times out.
+    Drop,
+    /// TCP reset, ICMP admin-prohibited otherwise: the client fails fast.
+    Reject,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProbeFormat {
+    Table,
+    Json,
+    Tsv,
+}
+
+#[derive(Args)]
+pub struct LabRunArgs {
+    /// Manifest files or directories, as for analyze; repeatable.
+    #[arg(short = 'f', long = "filename", value_name = "PATH", required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Report invalid objects and go on without them.
+    #[arg(long)]
+    pub skip_invalid: bool,
+    /// At least this many nodes (pods keep spec.nodeName; others are spread evenly).
+    #[arg(long, default_value_t = 2)]
+    pub nodes: usize,
+    /// Probe PROTO/PORT (tcp, udp, sctp), repeatable; default: every declared container port.
+    #[arg(long = "port", value_name = "PROTO/PORT")]
+    pub ports: Vec<String>,
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    pub format: ProbeFormat,
+    /// How the kernel ends denied traffic.
+    #[arg(long, value_enum, default_value = "drop")]
+    pub deny: DenyArg,
+    /// Per-probe timeout in milliseconds (a dropped probe waits this long).
+    #[arg(long, default_value_t = 1000)]
+    pub timeout_ms: u64,
+}
+
+#[derive(Args)]
+pub struct LabDownArgs {
+    /// Also remove labs whose process is still running.
+    #[arg(long)]
+    pub all: bool,
 }

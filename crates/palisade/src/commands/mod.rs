@@ -2,4 +2,5 @@ pub mod analyze;
 pub mod bench;
 pub mod diff;
 pub mod explain;
+pub mod lab;
 pub mod lint;

@@ -1,0 +1,80 @@
+//! Pod network plumbing, Calico style: a veth pair per pod, `eth0` in the
+//! pod's namespace with /32 and /128 addresses, the other end in the node's
+//! namespace with a host route per address. The pod's default route goes to
+//! a link-local gateway that the node answers for (proxy ARP for IPv4,
+//! `fe80::1` on the host end for IPv6), so pods never share an L2 segment:
+//! every packet between pods crosses the node's forward hook, where policy
+//! is enforced.
+
+use std::net::IpAddr;
+
+use crate::netns::{Netns, NetnsError};
+
+/// The IPv4 gateway every pod routes to; answered by the node (proxy ARP).
+pub const GATEWAY_V4: &str = "169.254.1.1";
+/// The IPv6 gateway: the link-local address of the host end.
+pub const GATEWAY_V6: &str = "fe80::1";
+
+/// One pod's attachment to its node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodLink {
+    pub pod: Netns,
+    pub node: Netns,
+    /// The node-side interface name (at most 15 bytes, unique on the node).
+    pub host_if: String,
+    pub addresses: Vec<IpAddr>,
+}
+
+impl PodLink {
+    /// Creates the veth pair directly in both namespaces (never in the
+    /// root namespace), addresses, routes, proxy ARP.
+    pub fn attach(&self) -> Result<(), NetnsError> {
+        assert!(self.host_if.len() <= 15, "interface name {:?} longer than 15 bytes", self.host_if);
+        let has_v6 = self.addresses.iter().any(IpAddr::is_ipv6);
+        // The pair is created from the node's namespace with the peer placed in the pod's.
+        let mut node = format!(
+            "link add name {host} type veth peer name eth0 netns {pod}\n",
+            host = self.host_if,
+            pod = self.pod.name
+        );
+        node += &format!("link set {} up\n", self.host_if);
+        if has_v6 {
+            node += &format!("addr add {GATEWAY_V6}/64 dev {} nodad\n", self.host_if);
+        }
+        for a in &self.addresses {
+            let len = if a.is_ipv4() { 32 } else { 128 };
+            node += &format!("route add {a}/{len} dev {}\n", self.host_if);
+        }
+        self.node.ip_batch(&node)?;
+        self.node.sysctl(&format!("net.ipv4.conf.{}.proxy_arp", self.host_if), "1")?;
+        // Replies to the pod's neighbour solicitations come at once.
+        self.node.sysctl(&format!("net.ipv4.neigh.{}.proxy_delay", self.host_if), "0")?;
+
+        let mut pod = String::from("link set eth0 up\n");
+        for a in &self.addresses {
+            match a {
+                IpAddr::V4(_) => pod += &format!("addr add {a}/32 dev eth0\n"),
+                IpAddr::V6(_) => pod += &format!("addr add {a}/128 dev eth0 nodad\n"),
+            }
+        }
+        if self.addresses.iter().any(IpAddr::is_ipv4) {
+            pod +=
+                &format!("route add {GATEWAY_V4} dev eth0 scope link\nroute add default via {GATEWAY_V4} dev eth0\n");
+        }
+        if has_v6 {
+            pod += &format!("route add ::/0 via {GATEWAY_V6} dev eth0\n");
+        }
+        self.pod.ip_batch(&pod)
+    }
+
+    /// Removes the pair (deleting one end deletes both) and its routes.
+    pub fn detach(&self) -> Result<(), NetnsError> {
+        self.node.ip_batch(&format!("link del {}\n", self.host_if))
+    }
+}
+
+/// Makes a namespace a router: forwarding on, in both families.
+pub fn enable_forwarding(node: &Netns) -> Result<(), NetnsError> {
+    node.sysctl("net.ipv4.ip_forward", "1")?;
+    node.sysctl("net.ipv6.conf.all.forwarding", "1")
+}

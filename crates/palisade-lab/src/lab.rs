@@ -1,0 +1,265 @@
+//! A running lab: topology, servers, the engine judging the lab's cluster,
+//! and the rules each node's kernel holds. Probes every ordered pair of pods
+//! and compares what the kernel did with what the engine says.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use palisade_dataplane::nft::NftError;
+use palisade_dataplane::{compile, DenyAction, Options, Ruleset};
+use palisade_engine::{EndpointId, Engine, Flow, FlowEnd};
+use palisade_model::{Cluster, EndpointKey, Protocol};
+use serde::Serialize;
+
+use crate::plan::{Plan, PlanError};
+use crate::probe::{Outcome, Probe};
+use crate::server::{ServeError, Servers};
+use crate::topology::Topology;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("building the lab: {0}")]
+    Netns(#[from] palisade_dataplane::netns::NetnsError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error("applying the rules on node {node}")]
+    Apply {
+        node: String,
+        #[source]
+        source: NftError,
+    },
+    #[error("{0}: not in the running lab (a running lab cannot add pods yet; start a new one)")]
+    UnknownPod(Box<EndpointKey>),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    pub nodes: usize,
+    pub deny: DenyAction,
+    /// Per probe.
+    pub timeout: Duration,
+    /// Probes in flight at once.
+    pub concurrency: usize,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        LabOptions { nodes: 2, deny: DenyAction::Drop, timeout: Duration::from_millis(1000), concurrency: 256 }
+    }
+}
+
+/// One probe's result next to the engine's prediction.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeResult {
+    pub src: EndpointKey,
+    pub dst: EndpointKey,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub address: IpAddr,
+    pub outcome: Outcome,
+    pub engine_allows: bool,
+}
+
+impl ProbeResult {
+    pub fn agrees(&self) -> bool {
+        self.outcome.allowed() == self.engine_allows
+    }
+}
+
+pub struct Lab {
+    runtime: tokio::runtime::Runtime,
+    // Dropped in field order: servers stop before the namespaces go.
+    _servers: Servers,
+    pub topology: Topology,
+    pub engine: Engine,
+    pub cluster: Cluster,
+    rules: Vec<Option<Ruleset>>,
+    opts: LabOptions,
+    served: BTreeSet<(Protocol, u16)>,
+}
+
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+impl Lab {
+    /// Builds the cluster's network, starts a server in every pod on its
+    /// declared ports and on `probe_ports`. No policy is applied yet.
+    pub fn start(
+        cluster: &Cluster,
+        run_id: &str,
+        probe_ports: &[(Protocol, u16)],
+        opts: LabOptions,
+        progress: impl FnMut(usize, usize),
+    ) -> Result<Lab, LabError> {
+        raise_fd_limit();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(LabError::Runtime)?;
+        let (plan, lab_cluster) = Plan::new(cluster, opts.nodes, run_id)?;
+        let topology = Topology::build(plan, progress)?;
+        // Every pod serves every port any pod declares, and the probe ports:
+        // a probe that fails then fails because of policy, never for want
+        // of a listener.
+        let mut served: BTreeSet<(Protocol, u16)> = probe_ports.iter().copied().collect();
+        for ep in &lab_cluster.endpoints {
+            served.extend(ep.ports.iter().map(|p| (p.protocol, p.port)));
+        }
+        let mut servers = Servers::default();
+        {
+            let _guard = runtime.enter();
+            for ep in &lab_cluster.endpoints {
+                let Some(i) = topology.plan.pod(&ep.key) else { continue };
+                servers.serve(&topology.pod_netns(i), &ep.key.to_string(), &served)?;
+            }
+        }
+        let engine = Engine::from_cluster(&lab_cluster);
+        let rules = vec![None; topology.plan.nodes.len()];
+        Ok(Lab { runtime, _servers: servers, topology, engine, cluster: lab_cluster, rules, opts, served })
+    }
+
+    /// On SIGINT or SIGTERM: delete the lab's namespaces and exit 130, so
+    /// an interrupted run leaves nothing behind.
+    pub fn teardown_on_signal(&self) {
+        let plan = self.topology.plan.clone();
+        self.runtime.spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+                return;
+            };
+            tokio::select! {
+                _ = int.recv() => {},
+                _ = term.recv() => {},
+            }
+            eprintln!("\ninterrupted: removing the lab's network namespaces");
+            crate::topology::delete_plan(&plan);
+            std::process::exit(130);
+        });
+    }
+
+    /// Every (protocol, port) some pod serves.
+    pub fn served_ports(&self) -> &BTreeSet<(Protocol, u16)> {
+        &self.served
+    }
+
+    fn node_of(&self) -> HashMap<EndpointId, usize> {
+        self.engine
+            .endpoints()
+            .filter_map(|(id, ep)| Some((id, self.topology.plan.pods[self.topology.plan.pod(&ep.key)?].node)))
+            .collect()
+    }
+
+    /// Puts the engine's current decisions into every node's kernel: the
+    /// first time as a full table, then as patches. One transaction per node.
+    pub fn apply(&mut self) -> Result<Duration, LabError> {
+        let started = Instant::now();
+        let node_of = self.node_of();
+        let table = Options { table: "palisade".into(), deny: self.opts.deny };
+        for node in 0..self.topology.plan.nodes.len() {
+            let desired = compile(&self.engine, |id| node_of.get(&id) == Some(&node), &table);
+            let tx = match &self.rules[node] {
+                None => desired.full_transaction(&table.table),
+                Some(old) => desired.diff_transaction(old, &table.table),
+            };
+            let ns = self.topology.node_netns(node);
+            tx.apply_in(Some(&ns.name))
+                .map_err(|source| LabError::Apply { node: self.topology.plan.nodes[node].name.clone(), source })?;
+            self.rules[node] = Some(desired);
+        }
+        Ok(started.elapsed())
+    }
+
+    /// Replaces the cluster's namespaces, labels and policies (same pods):
+    /// the engine recompiles and the next [`apply`](Self::apply) patches
+    /// the kernels.
+    pub fn update(&mut self, cluster: &Cluster) -> Result<(), LabError> {
+        let mut next = cluster.clone();
+        for ep in next.endpoints.iter_mut().filter(|e| !e.host_network) {
+            let i = self.topology.plan.pod(&ep.key).ok_or_else(|| LabError::UnknownPod(Box::new(ep.key.clone())))?;
+            let pod = &self.topology.plan.pods[i];
+            ep.ips = pod.ips.clone();
+            ep.node = Some(self.topology.plan.nodes[pod.node].name.clone());
+        }
+        self.engine = Engine::from_cluster(&next);
+        self.cluster = next;
+        Ok(())
+    }
+
+    /// The rules node `node`'s kernel holds (after [`apply`](Self::apply)).
+    pub fn ruleset(&self, node: usize) -> Option<&Ruleset> {
+        self.rules[node].as_ref()
+    }
+
+    /// Probes every ordered pair of distinct pods on every port, in
+    /// parallel, and judges each with the engine.
+    pub fn probe(&self, ports: &[(Protocol, u16)]) -> Vec<ProbeResult> {
+        let plan = &self.topology.plan;
+        let ids: Vec<Option<EndpointId>> = plan.pods.iter().map(|p| self.engine.endpoint_id(&p.key)).collect();
+        let mut jobs = Vec::new();
+        for (s, src) in plan.pods.iter().enumerate() {
+            for (d, dst) in plan.pods.iter().enumerate() {
+                if s == d {
+                    continue;
+                }
+                let src_v4 = src.ips.iter().any(IpAddr::is_ipv4);
+                let Some(address) = dst.ips.iter().find(|ip| ip.is_ipv4() == src_v4).copied() else { continue };
+                for &(protocol, port) in ports {
+                    let engine_allows = match (ids[s], ids[d]) {
+                        (Some(a), Some(b)) => self.engine.allows(&Flow {
+                            src: FlowEnd::Endpoint(a),
+                            dst: FlowEnd::Endpoint(b),
+                            protocol,
+                            port,
+                        }),
+                        _ => false,
+                    };
+                    let probe = Probe {
+                        src: self.topology.pod_netns(s),
+                        dst: address,
+                        protocol,
+                        port,
+                        expect: dst.key.to_string(),
+                    };
+                    jobs.push((src.key.clone(), dst.key.clone(), probe, engine_allows));
+                }
+            }
+        }
+        let timeout = self.opts.timeout;
+        let limit = Arc::new(tokio::sync::Semaphore::new(self.opts.concurrency.max(1)));
+        self.runtime.block_on(async move {
+            let mut handles = Vec::with_capacity(jobs.len());
+            for (src, dst, probe, engine_allows) in jobs {
+                let limit = limit.clone();
+                handles.push(tokio::spawn(async move {
+                    let _permit = limit.acquire_owned().await.expect("semaphore open");
+                    let outcome = probe.run(timeout).await;
+                    ProbeResult {
+                        src,
+                        dst,
+                        protocol: probe.protocol,
+                        port: probe.port,
+                        address: probe.dst,
+                        outcome,
+                        engine_allows,
+                    }
+                }));
+            }
+            let mut out = Vec::with_capacity(handles.len());
+            for h in handles {
+                out.push(h.await.expect("probe task"));
+            }
+            out
+        })
+    }
+}

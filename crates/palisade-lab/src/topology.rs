@@ -1,0 +1,152 @@
+//! Builds a [`Plan`] out of network namespaces: an underlay bridge joining
+//! the nodes and the external host, pods wired to their nodes, and routes
+//! so pod traffic between nodes is routed over the underlay. Nothing is
+//! created in the root namespace: veth pairs are created with both ends
+//! placed directly in lab namespaces.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use palisade_dataplane::netns::{Netns, NetnsError};
+use palisade_dataplane::podnet::{enable_forwarding, PodLink};
+
+use crate::plan::{Plan, EXTERNAL_V4, EXTERNAL_V6};
+
+/// The lab's namespaces; deleted when dropped unless [`Topology::keep`]
+/// was called (`palisade lab up` hands them to `lab down`).
+pub struct Topology {
+    pub plan: Plan,
+    created: Vec<Netns>,
+    keep: bool,
+}
+
+impl Topology {
+    /// Creates everything; on error, what was created is deleted again.
+    /// `progress(done, total)` is called as pods are wired.
+    pub fn build(plan: Plan, mut progress: impl FnMut(usize, usize)) -> Result<Topology, NetnsError> {
+        let mut topo = Topology { plan, created: Vec::new(), keep: false };
+        topo.create_all(&mut progress)?;
+        Ok(topo)
+    }
+
+    fn create(&mut self, name: &str) -> Result<Netns, NetnsError> {
+        let ns = Netns::create(name)?;
+        self.created.push(ns.clone());
+        Ok(ns)
+    }
+
+    fn create_all(&mut self, progress: &mut impl FnMut(usize, usize)) -> Result<(), NetnsError> {
+        let plan = self.plan.clone();
+        let v6 = plan.ipv6();
+        let underlay = self.create(&plan.underlay)?;
+        underlay.ip_batch("link add br0 type bridge\nlink set br0 up\n")?;
+        // The underlay only switches frames; it never routes or filters.
+        underlay.sysctl("net.ipv4.ip_forward", "0")?;
+
+        let mut uplinks = Vec::new();
+        for (i, node) in plan.nodes.iter().enumerate() {
+            uplinks.push((format!("n{i}"), self.create(&node.netns)?, IpAddr::V4(node.underlay_v4), node.underlay_v6));
+        }
+        uplinks.push(("ext".into(), self.create(&plan.external)?, IpAddr::V4(EXTERNAL_V4), EXTERNAL_V6));
+        let mut script = String::new();
+        for (port, ns, ..) in &uplinks {
+            writeln!(script, "link add name {port} type veth peer name ul0 netns {}", ns.name).unwrap();
+            writeln!(script, "link set {port} master br0 up").unwrap();
+        }
+        underlay.ip_batch(&script)?;
+        for (_, ns, v4, v6addr) in &uplinks {
+            let mut s = format!("addr add {v4}/24 dev ul0\nlink set ul0 up\n");
+            if v6 {
+                writeln!(s, "addr add {v6addr}/64 dev ul0 nodad").unwrap();
+            }
+            ns.ip_batch(&s)?;
+        }
+        // Nodes route what is not a pod to the external host, "the
+        // internet" of the lab. Proxy ARP for the pods' gateway needs such a
+        // route too: a node answers for 169.254.1.1 because it can route it.
+        for node in &plan.nodes {
+            let ns = Netns::named(&node.netns);
+            enable_forwarding(&ns)?;
+            let mut s = format!("route add default via {EXTERNAL_V4}\n");
+            if v6 {
+                writeln!(s, "route add ::/0 via {EXTERNAL_V6}").unwrap();
+            }
+            ns.ip_batch(&s)?;
+        }
+
+        let total = plan.pods.len();
+        for (done, pod) in plan.pods.iter().enumerate() {
+            let pod_ns = self.create(&pod.netns)?;
+            PodLink {
+                pod: pod_ns,
+                node: Netns::named(&plan.nodes[pod.node].netns),
+                host_if: pod.host_if.clone(),
+                addresses: pod.ips.clone(),
+            }
+            .attach()?;
+            progress(done + 1, total);
+        }
+
+        // Routes to pods on other nodes (and from the external host), via
+        // the owning node's underlay address.
+        let via = |pod: &crate::plan::LabPod, ip: &IpAddr| {
+            let node = &plan.nodes[pod.node];
+            match ip {
+                IpAddr::V4(_) => format!("route add {ip}/32 via {}\n", node.underlay_v4),
+                IpAddr::V6(_) => format!("route add {ip}/128 via {}\n", node.underlay_v6),
+            }
+        };
+        for (i, node) in plan.nodes.iter().enumerate() {
+            let mut s = String::new();
+            for pod in plan.pods.iter().filter(|p| p.node != i) {
+                for ip in &pod.ips {
+                    s += &via(pod, ip);
+                }
+            }
+            Netns::named(&node.netns).ip_batch(&s)?;
+        }
+        let mut s = String::new();
+        for pod in &plan.pods {
+            for ip in &pod.ips {
+                s += &via(pod, ip);
+            }
+        }
+        Netns::named(&plan.external).ip_batch(&s)?;
+        Ok(())
+    }
+
+    pub fn pod_netns(&self, pod: usize) -> Netns {
+        Netns::named(&self.plan.pods[pod].netns)
+    }
+
+    pub fn node_netns(&self, node: usize) -> Netns {
+        Netns::named(&self.plan.nodes[node].netns)
+    }
+
+    /// Leaves the namespaces in place when dropped.
+    pub fn keep(&mut self) {
+        self.keep = true;
+    }
+
+    /// Deletes every namespace of the lab now.
+    pub fn teardown(&mut self) {
+        for ns in self.created.drain(..).rev() {
+            let _ = ns.delete();
+        }
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        if !self.keep {
+            self.teardown();
+        }
+    }
+}
+
+/// Deletes every namespace of plan, created by this process or another.
+pub fn delete_plan(plan: &Plan) {
+    for name in plan.namespaces().iter().rev() {
+        let _ = Netns::named(name).delete();
+    }
+}

@@ -1,0 +1,208 @@
+//! `palisade lab`: the cluster's network built from network namespaces,
+//! enforced by the dataplane, probed with real packets, compared with the
+//! engine pair by pair.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use palisade_dataplane::netns;
+use palisade_dataplane::DenyAction;
+use palisade_lab::plan::PREFIX;
+use palisade_lab::{Lab, LabOptions, ProbeResult};
+use palisade_model::Protocol;
+use serde_json::json;
+
+use crate::cli::{DenyArg, LabCommand, LabDownArgs, LabRunArgs, ProbeFormat};
+use crate::input::{load_cluster, parse_probe, Failure, Ui};
+use crate::output;
+
+pub fn run(cmd: LabCommand, ui: &Ui, out: &mut dyn Write) -> Result<()> {
+    match cmd {
+        LabCommand::Run(args) => lab_run(&args, ui, out),
+        LabCommand::Down(args) => lab_down(&args, ui, out),
+    }
+}
+
+/// Root is needed for network namespaces; say so instead of failing deep inside `ip`.
+pub fn require_root() -> Result<(), Failure> {
+    let uid = nix::unistd::geteuid();
+    if !uid.is_root() {
+        return Err(Failure::Usage("palisade lab builds network namespaces and needs root (try sudo)".into()));
+    }
+    Ok(())
+}
+
+fn progress(ui_tty: bool) -> impl FnMut(usize, usize) {
+    let mut last = Instant::now();
+    move |done, total| {
+        if ui_tty && (done == total || last.elapsed() > Duration::from_millis(100)) {
+            last = Instant::now();
+            let width = 30;
+            let filled = done * width / total.max(1);
+            eprint!("\rwiring pods [{}{}] {done}/{total}", "#".repeat(filled), ".".repeat(width - filled));
+            if done == total {
+                eprintln!();
+            }
+        }
+    }
+}
+
+fn lab_run(args: &LabRunArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
+    let mut ports = args.ports.iter().map(|p| parse_probe(p)).collect::<Result<Vec<_>, _>>()?;
+    let cluster = load_cluster(&args.paths, args.skip_invalid, ui)?;
+    require_root()?;
+    let opts = LabOptions {
+        nodes: args.nodes,
+        deny: match args.deny {
+            DenyArg::Drop => DenyAction::Drop,
+            DenyArg::Reject => DenyAction::Reject,
+        },
+        timeout: Duration::from_millis(args.timeout_ms),
+        ..LabOptions::default()
+    };
+    let run_id = std::process::id().to_string();
+    let started = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let mut lab = Lab::start(&cluster, &run_id, &ports, opts, progress(tty)).context("starting the lab")?;
+    lab.teardown_on_signal();
+    let built = started.elapsed();
+    for (key, why) in &lab.topology.plan.skipped {
+        ui.warn(&format!("{key}: not probed ({why})"));
+    }
+    if ports.is_empty() {
+        ports = lab.served_ports().iter().copied().collect();
+        if ports.is_empty() {
+            return Err(Failure::Usage("no pod declares a container port: say what to probe with --port".into()).into());
+        }
+    }
+    let applied = lab.apply().context("applying the policies")?;
+    let probing = Instant::now();
+    let results = lab.probe(&ports);
+    let probed = probing.elapsed();
+    print_results(args.format, &ports, &results, out)?;
+    let wrong: Vec<&ProbeResult> = results.iter().filter(|r| !r.agrees()).collect();
+    for r in &wrong {
+        ui.error(&format!(
+            "disagreement: {} -> {} {}/{} ({}): kernel {} ({:?}), engine {}",
+            r.src,
+            r.dst,
+            r.protocol.as_lower(),
+            r.port,
+            r.address,
+            if r.outcome.allowed() { "allowed" } else { "denied" },
+            r.outcome,
+            if r.engine_allows { "allows" } else { "denies" },
+        ));
+    }
+    let plan = &lab.topology.plan;
+    ui.note(&format!(
+        "{} pods on {} nodes; built in {:.2} s, rules applied in {} ms, {} probes in {:.2} s; {} disagreement(s) with the engine",
+        plan.pods.len(),
+        plan.nodes.len(),
+        built.as_secs_f64(),
+        applied.as_millis(),
+        results.len(),
+        probed.as_secs_f64(),
+        wrong.len()
+    ));
+    out.flush()?;
+    drop(lab);
+    if !wrong.is_empty() {
+        return Err(Failure::Findings(format!("{} probe(s) disagree with the engine", wrong.len())).into());
+    }
+    Ok(())
+}
+
+fn verdict(allowed: bool) -> &'static str {
+    if allowed {
+        "allow"
+    } else {
+        "deny"
+    }
+}
+
+fn print_results(
+    format: ProbeFormat,
+    ports: &[(Protocol, u16)],
+    results: &[ProbeResult],
+    out: &mut dyn Write,
+) -> Result<()> {
+    match format {
+        ProbeFormat::Tsv => {
+            writeln!(out, "src\tdst\tprotocol\tport\tverdict\tengine")?;
+            for r in results {
+                writeln!(
+                    out,
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    r.src,
+                    r.dst,
+                    r.protocol.as_lower(),
+                    r.port,
+                    verdict(r.outcome.allowed()),
+                    verdict(r.engine_allows)
+                )?;
+            }
+        }
+        ProbeFormat::Json => {
+            let rows: Vec<_> = results
+                .iter()
+                .map(|r| {
+                    json!({"src": r.src.to_string(), "dst": r.dst.to_string(), "protocol": r.protocol.as_lower(),
+                       "port": r.port, "address": r.address, "verdict": verdict(r.outcome.allowed()),
+                       "engine": verdict(r.engine_allows), "probe": r.outcome})
+                })
+                .collect();
+            serde_json::to_writer_pretty(&mut *out, &rows)?;
+            writeln!(out)?;
+        }
+        ProbeFormat::Table => {
+            // Results come grouped by (src, dst), ports in order.
+            let names: Vec<String> = ports.iter().map(|(p, n)| format!("{}/{n}", p.as_lower())).collect();
+            let mut header = vec!["SRC", "DST"];
+            header.extend(names.iter().map(String::as_str));
+            let rows: Vec<Vec<String>> = results
+                .chunks(ports.len())
+                .map(|pair| {
+                    let mut row = vec![pair[0].src.to_string(), pair[0].dst.to_string()];
+                    row.extend(pair.iter().map(|r| {
+                        if r.agrees() {
+                            verdict(r.outcome.allowed()).to_string()
+                        } else {
+                            format!("{}!(engine:{})", verdict(r.outcome.allowed()), verdict(r.engine_allows))
+                        }
+                    }));
+                    row
+                })
+                .collect();
+            output::table::write(out, &header, &rows)?;
+        }
+    }
+    Ok(())
+}
+
+/// Is `pid` a live palisade process (other than us)?
+fn live_palisade(pid: u32) -> bool {
+    pid != std::process::id()
+        && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim().starts_with("palisade"))
+}
+
+fn lab_down(args: &LabDownArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
+    require_root()?;
+    let mut removed = 0;
+    let mut kept = 0;
+    for ns in netns::list(PREFIX) {
+        let owner = ns.name[PREFIX.len()..].split('-').next().and_then(|id| id.parse::<u32>().ok());
+        if !args.all && owner.is_some_and(live_palisade) {
+            kept += 1;
+            continue;
+        }
+        ns.delete().with_context(|| format!("deleting network namespace {}", ns.name))?;
+        removed += 1;
+    }
+    writeln!(out, "removed {removed} lab network namespace(s)")?;
+    if kept > 0 {
+        ui.note(&format!("{kept} namespace(s) of running labs kept (--all removes them too)"));
+    }
+    Ok(())
+}
