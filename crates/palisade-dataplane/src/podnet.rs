@@ -31,6 +31,10 @@ impl PodLink {
     pub fn attach(&self) -> Result<(), NetnsError> {
         assert!(self.host_if.len() <= 15, "interface name {:?} longer than 15 bytes", self.host_if);
         let has_v6 = self.addresses.iter().any(IpAddr::is_ipv6);
+        // No duplicate address detection on a point-to-point link: link-local
+        // addresses are usable at once, so the first packet is not delayed.
+        no_dad(&self.node)?;
+        no_dad(&self.pod)?;
         // The pair is created from the node's namespace with the peer placed in the pod's.
         let mut node = format!(
             "link add name {host} type veth peer name eth0 netns {pod}\n",
@@ -77,4 +81,10 @@ impl PodLink {
 pub fn enable_forwarding(node: &Netns) -> Result<(), NetnsError> {
     node.sysctl("net.ipv4.ip_forward", "1")?;
     node.sysctl("net.ipv6.conf.all.forwarding", "1")
+}
+
+/// Interfaces created in `ns` from now on skip IPv6 duplicate address
+/// detection (each of our links has exactly two ends, both ours).
+pub fn no_dad(ns: &Netns) -> Result<(), NetnsError> {
+    ns.sysctl("net.ipv6.conf.default.accept_dad", "0")
 }

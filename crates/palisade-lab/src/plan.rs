@@ -138,9 +138,11 @@ impl Plan {
             };
             per_node[node] += 1;
             // One lab pod per endpoint: its first address of each family.
+            // A pod without any address gets an IPv4 one; an IPv6-only pod
+            // stays IPv6-only (its cluster is single-stack).
             let mut ips: Vec<IpAddr> = Vec::new();
             ips.extend(ep.ips.iter().find(|ip| ip.is_ipv4()));
-            if ips.is_empty() {
+            if ep.ips.is_empty() {
                 let cidr = nodes[node].pod_cidr;
                 let ip = loop {
                     let offset = next_host[node];

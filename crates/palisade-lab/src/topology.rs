@@ -48,6 +48,10 @@ impl Topology {
             uplinks.push((format!("n{i}"), self.create(&node.netns)?, IpAddr::V4(node.underlay_v4), node.underlay_v6));
         }
         uplinks.push(("ext".into(), self.create(&plan.external)?, IpAddr::V4(EXTERNAL_V4), EXTERNAL_V6));
+        palisade_dataplane::podnet::no_dad(&underlay)?;
+        for (_, ns, ..) in &uplinks {
+            palisade_dataplane::podnet::no_dad(ns)?;
+        }
         let mut script = String::new();
         for (port, ns, ..) in &uplinks {
             writeln!(script, "link add name {port} type veth peer name ul0 netns {}", ns.name).unwrap();

@@ -84,6 +84,10 @@ pub struct Scenario {
     pub expect: Option<Expect>,
     #[serde(default)]
     pub steps: Vec<Step>,
+    /// Why the scenario's expectations do not hold in the lab (where every
+    /// pod has an address): there, only kernel == engine is checked.
+    #[serde(default)]
+    pub lab_note: Option<String>,
     #[serde(skip)]
     pub path: PathBuf,
 }
@@ -266,4 +270,79 @@ fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A lab probe row: what the kernel did and what the engine said.
+pub struct LabRow {
+    pub src: String,
+    pub dst: String,
+    pub probe: String,
+    pub verdict: String,
+    pub engine: String,
+}
+
+/// Runs `palisade lab run` on the cluster (pods spread over two nodes: the
+/// scenario's nodeName is dropped so traffic also crosses nodes). Returns
+/// the rows and whether the binary reported agreement (exit 0).
+pub fn run_lab(manifests: &[Value], ports: &[String], extra: &[&str]) -> Result<(Vec<LabRow>, bool, String), String> {
+    let dir = std::env::temp_dir().join(format!("palisade-lab-conformance-{}-{}", std::process::id(), unique()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let file = dir.join("cluster.yaml");
+    let text: String = manifests
+        .iter()
+        .map(|d| {
+            let mut d = d.clone();
+            if let Some(spec) = d.get_mut("spec").and_then(Value::as_object_mut) {
+                spec.remove("nodeName");
+            }
+            format!("---\n{}\n", serde_json::to_string(&d).unwrap())
+        })
+        .collect();
+    std::fs::write(&file, text).map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_palisade"));
+    cmd.args(["lab", "run", "-f"]).arg(&file).args(["-o", "tsv"]).args(extra);
+    for p in ports {
+        cmd.args(["--port", p]);
+    }
+    let out = cmd.output().map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    match out.status.code() {
+        Some(0) | Some(1) => {}
+        _ => return Err(format!("palisade lab run failed: {stderr}")),
+    }
+    let stdout = String::from_utf8(out.stdout).map_err(|e| e.to_string())?;
+    let mut lines = stdout.lines();
+    if lines.next() != Some("src\tdst\tprotocol\tport\tverdict\tengine") {
+        return Err(format!("unexpected header in:\n{stdout}\n{stderr}"));
+    }
+    let rows = lines
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            if f.len() != 6 {
+                return Err(format!("bad row {l:?}"));
+            }
+            Ok(LabRow {
+                src: f[0].into(),
+                dst: f[1].into(),
+                probe: format!("{}/{}", f[2], f[3]),
+                verdict: f[4].into(),
+                engine: f[5].into(),
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok((rows, out.status.success(), stderr))
+}
+
+/// Root is needed for network namespaces. Skips loudly otherwise, and fails
+/// instead when CI=true or PALISADE_REQUIRE_PRIVILEGED=1.
+pub fn privileged(test: &str) -> bool {
+    let root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+    let required = std::env::var("CI").is_ok_and(|v| v == "true")
+        || std::env::var("PALISADE_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1");
+    if !root {
+        assert!(!required, "{test} needs root (CI=true or PALISADE_REQUIRE_PRIVILEGED=1 forbids skipping)");
+        eprintln!("\n*** SKIPPED: {test} needs root to create network namespaces ***\n");
+    }
+    root
 }
