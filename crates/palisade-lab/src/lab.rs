@@ -32,8 +32,6 @@ pub enum LabError {
         #[source]
         source: NftError,
     },
-    #[error("{0}: not in the running lab (a running lab cannot add pods yet; start a new one)")]
-    UnknownPod(Box<EndpointKey>),
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
 }
@@ -91,6 +89,34 @@ fn raise_fd_limit() {
     }
 }
 
+/// The async runtime probes and servers run on.
+pub fn runtime() -> Result<tokio::runtime::Runtime, LabError> {
+    raise_fd_limit();
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(LabError::Runtime)
+}
+
+/// Compiles node `node`'s rules from the engine and puts them in its
+/// kernel: a patch from `old` if given, else an atomic replace of the table.
+pub fn apply_node(
+    plan: &Plan,
+    engine: &Engine,
+    node: usize,
+    deny: DenyAction,
+    old: Option<&Ruleset>,
+) -> Result<Ruleset, LabError> {
+    let node_of: HashMap<EndpointId, usize> =
+        engine.endpoints().filter_map(|(id, ep)| Some((id, plan.pods[plan.pod(&ep.key)?].node))).collect();
+    let table = Options { table: "palisade".into(), deny };
+    let desired = compile(engine, |id| node_of.get(&id) == Some(&node), &table);
+    let tx = match old {
+        None => desired.full_transaction(&table.table),
+        Some(old) => desired.diff_transaction(old, &table.table),
+    };
+    tx.apply_in(Some(&plan.nodes[node].netns))
+        .map_err(|source| LabError::Apply { node: plan.nodes[node].name.clone(), source })?;
+    Ok(desired)
+}
+
 impl Lab {
     /// Builds the cluster's network, starts a server in every pod on its
     /// declared ports and on `probe_ports`. No policy is applied yet.
@@ -101,12 +127,7 @@ impl Lab {
         opts: LabOptions,
         progress: impl FnMut(usize, usize),
     ) -> Result<Lab, LabError> {
-        raise_fd_limit();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(LabError::Runtime)?;
+        let runtime = runtime()?;
         let (plan, lab_cluster) = Plan::new(cluster, opts.nodes, run_id)?;
         let topology = Topology::build(plan, progress)?;
         // Every pod serves every port any pod declares, and the probe ports:
@@ -153,29 +174,13 @@ impl Lab {
         &self.served
     }
 
-    fn node_of(&self) -> HashMap<EndpointId, usize> {
-        self.engine
-            .endpoints()
-            .filter_map(|(id, ep)| Some((id, self.topology.plan.pods[self.topology.plan.pod(&ep.key)?].node)))
-            .collect()
-    }
-
     /// Puts the engine's current decisions into every node's kernel: the
     /// first time as a full table, then as patches. One transaction per node.
     pub fn apply(&mut self) -> Result<Duration, LabError> {
         let started = Instant::now();
-        let node_of = self.node_of();
-        let table = Options { table: "palisade".into(), deny: self.opts.deny };
         for node in 0..self.topology.plan.nodes.len() {
-            let desired = compile(&self.engine, |id| node_of.get(&id) == Some(&node), &table);
-            let tx = match &self.rules[node] {
-                None => desired.full_transaction(&table.table),
-                Some(old) => desired.diff_transaction(old, &table.table),
-            };
-            let ns = self.topology.node_netns(node);
-            tx.apply_in(Some(&ns.name))
-                .map_err(|source| LabError::Apply { node: self.topology.plan.nodes[node].name.clone(), source })?;
-            self.rules[node] = Some(desired);
+            let rules = apply_node(&self.topology.plan, &self.engine, node, self.opts.deny, self.rules[node].as_ref())?;
+            self.rules[node] = Some(rules);
         }
         Ok(started.elapsed())
     }
@@ -184,13 +189,7 @@ impl Lab {
     /// the engine recompiles and the next [`apply`](Self::apply) patches
     /// the kernels.
     pub fn update(&mut self, cluster: &Cluster) -> Result<(), LabError> {
-        let mut next = cluster.clone();
-        for ep in next.endpoints.iter_mut().filter(|e| !e.host_network) {
-            let i = self.topology.plan.pod(&ep.key).ok_or_else(|| LabError::UnknownPod(Box::new(ep.key.clone())))?;
-            let pod = &self.topology.plan.pods[i];
-            ep.ips = pod.ips.clone();
-            ep.node = Some(self.topology.plan.nodes[pod.node].name.clone());
-        }
+        let next = self.topology.plan.adopt(cluster)?;
         self.engine = Engine::from_cluster(&next);
         self.cluster = next;
         Ok(())
@@ -204,62 +203,70 @@ impl Lab {
     /// Probes every ordered pair of distinct pods on every port, in
     /// parallel, and judges each with the engine.
     pub fn probe(&self, ports: &[(Protocol, u16)]) -> Vec<ProbeResult> {
-        let plan = &self.topology.plan;
-        let ids: Vec<Option<EndpointId>> = plan.pods.iter().map(|p| self.engine.endpoint_id(&p.key)).collect();
-        let mut jobs = Vec::new();
-        for (s, src) in plan.pods.iter().enumerate() {
-            for (d, dst) in plan.pods.iter().enumerate() {
-                if s == d {
-                    continue;
-                }
-                let src_v4 = src.ips.iter().any(IpAddr::is_ipv4);
-                let Some(address) = dst.ips.iter().find(|ip| ip.is_ipv4() == src_v4).copied() else { continue };
-                for &(protocol, port) in ports {
-                    let engine_allows = match (ids[s], ids[d]) {
-                        (Some(a), Some(b)) => self.engine.allows(&Flow {
-                            src: FlowEnd::Endpoint(a),
-                            dst: FlowEnd::Endpoint(b),
-                            protocol,
-                            port,
-                        }),
-                        _ => false,
-                    };
-                    let probe = Probe {
-                        src: self.topology.pod_netns(s),
-                        dst: address,
-                        protocol,
-                        port,
-                        expect: dst.key.to_string(),
-                    };
-                    jobs.push((src.key.clone(), dst.key.clone(), probe, engine_allows));
-                }
+        probe_pairs(&self.runtime, &self.topology.plan, &self.engine, ports, &self.opts)
+    }
+}
+
+/// Probes every ordered pair of distinct pods of `plan` on every port, in
+/// parallel, each bounded by `opts.timeout`, and judges each with `engine`.
+pub fn probe_pairs(
+    runtime: &tokio::runtime::Runtime,
+    plan: &Plan,
+    engine: &Engine,
+    ports: &[(Protocol, u16)],
+    opts: &LabOptions,
+) -> Vec<ProbeResult> {
+    let ids: Vec<Option<EndpointId>> = plan.pods.iter().map(|p| engine.endpoint_id(&p.key)).collect();
+    let mut jobs = Vec::new();
+    for (s, src) in plan.pods.iter().enumerate() {
+        for (d, dst) in plan.pods.iter().enumerate() {
+            if s == d {
+                continue;
+            }
+            let src_v4 = src.ips.iter().any(IpAddr::is_ipv4);
+            let Some(address) = dst.ips.iter().find(|ip| ip.is_ipv4() == src_v4).copied() else { continue };
+            for &(protocol, port) in ports {
+                let engine_allows = match (ids[s], ids[d]) {
+                    (Some(a), Some(b)) => {
+                        engine.allows(&Flow { src: FlowEnd::Endpoint(a), dst: FlowEnd::Endpoint(b), protocol, port })
+                    }
+                    _ => false,
+                };
+                let probe = Probe {
+                    src: palisade_dataplane::netns::Netns::named(&src.netns),
+                    dst: address,
+                    protocol,
+                    port,
+                    expect: dst.key.to_string(),
+                };
+                jobs.push((src.key.clone(), dst.key.clone(), probe, engine_allows));
             }
         }
-        let timeout = self.opts.timeout;
-        let limit = Arc::new(tokio::sync::Semaphore::new(self.opts.concurrency.max(1)));
-        self.runtime.block_on(async move {
-            let mut handles = Vec::with_capacity(jobs.len());
-            for (src, dst, probe, engine_allows) in jobs {
-                let limit = limit.clone();
-                handles.push(tokio::spawn(async move {
-                    let _permit = limit.acquire_owned().await.expect("semaphore open");
-                    let outcome = probe.run(timeout).await;
-                    ProbeResult {
-                        src,
-                        dst,
-                        protocol: probe.protocol,
-                        port: probe.port,
-                        address: probe.dst,
-                        outcome,
-                        engine_allows,
-                    }
-                }));
-            }
-            let mut out = Vec::with_capacity(handles.len());
-            for h in handles {
-                out.push(h.await.expect("probe task"));
-            }
-            out
-        })
     }
+    let timeout = opts.timeout;
+    let limit = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
+    runtime.block_on(async move {
+        let mut handles = Vec::with_capacity(jobs.len());
+        for (src, dst, probe, engine_allows) in jobs {
+            let limit = limit.clone();
+            handles.push(tokio::spawn(async move {
+                let _permit = limit.acquire_owned().await.expect("semaphore open");
+                let outcome = probe.run(timeout).await;
+                ProbeResult {
+                    src,
+                    dst,
+                    protocol: probe.protocol,
+                    port: probe.port,
+                    address: probe.dst,
+                    outcome,
+                    engine_allows,
+                }
+            }));
+        }
+        let mut out = Vec::with_capacity(handles.len());
+        for h in handles {
+            out.push(h.await.expect("probe task"));
+        }
+        out
+    })
 }

@@ -13,6 +13,7 @@ pub mod plan;
 pub mod probe;
 pub mod sctp;
 pub mod server;
+pub mod state;
 pub mod topology;
 
 pub use lab::{Lab, LabError, LabOptions, ProbeResult};

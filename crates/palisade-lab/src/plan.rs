@@ -56,6 +56,8 @@ pub enum PlanError {
     DuplicateAddress(Box<EndpointKey>, IpAddr, Box<EndpointKey>),
     #[error("node {0}: pod CIDR {1} is exhausted")]
     Exhausted(String, Ipv4Net),
+    #[error("{0}: not in the running lab (a running lab cannot add pods yet; start a new one)")]
+    UnknownPod(Box<EndpointKey>),
     #[error("too many nodes ({0}); the lab supports up to 200")]
     TooManyNodes(usize),
 }
@@ -172,6 +174,19 @@ impl Plan {
         }
         let plan = Plan { run_id: run_id.to_string(), underlay: ns("ul"), external: ns("ext"), nodes, pods, skipped };
         Ok((plan, lab))
+    }
+
+    /// `cluster` as this lab runs it: the same pods with the lab's
+    /// addresses and nodes (namespaces, labels and policies may differ).
+    pub fn adopt(&self, cluster: &Cluster) -> Result<Cluster, PlanError> {
+        let mut next = cluster.clone();
+        for ep in next.endpoints.iter_mut().filter(|e| !e.host_network) {
+            let i = self.pod(&ep.key).ok_or_else(|| PlanError::UnknownPod(Box::new(ep.key.clone())))?;
+            let pod = &self.pods[i];
+            ep.ips = pod.ips.clone();
+            ep.node = Some(self.nodes[pod.node].name.clone());
+        }
+        Ok(next)
     }
 
     /// Every namespace of the lab, in the order they are created.

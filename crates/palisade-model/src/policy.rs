@@ -16,7 +16,7 @@ use crate::field::{FieldErrors, FieldPath};
 use crate::labels::LabelSelector;
 use crate::names;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
 pub enum Protocol {
     #[serde(rename = "TCP")]
     Tcp,

@@ -161,8 +161,19 @@ pub enum LabCommand {
     /// Build the cluster, serve every port in every pod, apply the policies, probe every pair, compare with the
     /// engine, tear down. Exit 1 if any probe disagrees with the engine.
     Run(LabRunArgs),
-    /// Remove leftovers of lab runs whose process is gone (all labs with --all).
+    /// Build the cluster and keep it running in the background (a lab process serves the pods).
+    Up(LabUpArgs),
+    /// Apply (other) manifests' policies and labels to the running lab: one atomic transaction per node.
+    Apply(LabApplyArgs),
+    /// Probe every pair of the running lab and compare with the engine.
+    Probe(LabProbeArgs),
+    /// Run a command inside a pod (ns/name), a node (its name) or the external host (`external`).
+    Exec(LabExecArgs),
+    /// Stop the running lab, and remove leftovers of lab runs whose process is gone (all labs with --all).
     Down(LabDownArgs),
+    /// The background process of `lab up` (not for direct use).
+    #[command(hide = true)]
+    Serve(LabUpArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -180,8 +191,8 @@ pub enum ProbeFormat {
     Tsv,
 }
 
-#[derive(Args)]
-pub struct LabRunArgs {
+#[derive(Args, Clone)]
+pub struct LabBuildArgs {
     /// Manifest files or directories, as for analyze; repeatable.
     #[arg(short = 'f', long = "filename", value_name = "PATH", required = true)]
     pub paths: Vec<PathBuf>,
@@ -194,14 +205,64 @@ pub struct LabRunArgs {
     /// Probe PROTO/PORT (tcp, udp, sctp), repeatable; default: every declared container port.
     #[arg(long = "port", value_name = "PROTO/PORT")]
     pub ports: Vec<String>,
-    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
-    pub format: ProbeFormat,
     /// How the kernel ends denied traffic.
     #[arg(long, value_enum, default_value = "drop")]
     pub deny: DenyArg,
+}
+
+#[derive(Args)]
+pub struct LabRunArgs {
+    #[command(flatten)]
+    pub build: LabBuildArgs,
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    pub format: ProbeFormat,
     /// Per-probe timeout in milliseconds (a dropped probe waits this long).
     #[arg(long, default_value_t = 1000)]
     pub timeout_ms: u64,
+}
+
+#[derive(Args, Clone)]
+pub struct LabUpArgs {
+    #[command(flatten)]
+    pub build: LabBuildArgs,
+    /// The lab's name, for running several.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+}
+
+#[derive(Args)]
+pub struct LabApplyArgs {
+    /// Manifest files or directories (the same pods; policies, labels and namespaces may change).
+    #[arg(short = 'f', long = "filename", value_name = "PATH", required = true)]
+    pub paths: Vec<PathBuf>,
+    #[arg(long)]
+    pub skip_invalid: bool,
+    #[arg(long, default_value = "default")]
+    pub name: String,
+}
+
+#[derive(Args)]
+pub struct LabProbeArgs {
+    /// Probe PROTO/PORT, repeatable; default: the ports the lab serves.
+    #[arg(long = "port", value_name = "PROTO/PORT")]
+    pub ports: Vec<String>,
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    pub format: ProbeFormat,
+    #[arg(long, default_value_t = 1000)]
+    pub timeout_ms: u64,
+    #[arg(long, default_value = "default")]
+    pub name: String,
+}
+
+#[derive(Args)]
+pub struct LabExecArgs {
+    /// ns/name of a pod, a node name, or `external`.
+    pub target: String,
+    /// The command and its arguments (after --).
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+    #[arg(long, default_value = "default")]
+    pub name: String,
 }
 
 #[derive(Args)]
@@ -209,4 +270,6 @@ pub struct LabDownArgs {
     /// Also remove labs whose process is still running.
     #[arg(long)]
     pub all: bool,
+    #[arg(long, default_value = "default")]
+    pub name: String,
 }

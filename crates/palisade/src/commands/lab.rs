@@ -13,13 +13,18 @@ use palisade_lab::{Lab, LabOptions, ProbeResult};
 use palisade_model::Protocol;
 use serde_json::json;
 
-use crate::cli::{DenyArg, LabCommand, LabDownArgs, LabRunArgs, ProbeFormat};
+use crate::cli::{DenyArg, LabBuildArgs, LabCommand, LabDownArgs, LabRunArgs, ProbeFormat};
 use crate::input::{load_cluster, parse_probe, Failure, Ui};
 use crate::output;
 
 pub fn run(cmd: LabCommand, ui: &Ui, out: &mut dyn Write) -> Result<()> {
     match cmd {
         LabCommand::Run(args) => lab_run(&args, ui, out),
+        LabCommand::Up(args) => super::lab_daemon::up(&args, ui, out),
+        LabCommand::Serve(args) => super::lab_daemon::serve(&args, ui),
+        LabCommand::Apply(args) => super::lab_daemon::apply(&args, ui, out),
+        LabCommand::Probe(args) => super::lab_daemon::probe(&args, ui, out),
+        LabCommand::Exec(args) => super::lab_daemon::exec(&args),
         LabCommand::Down(args) => lab_down(&args, ui, out),
     }
 }
@@ -48,25 +53,24 @@ fn progress(ui_tty: bool) -> impl FnMut(usize, usize) {
     }
 }
 
-fn lab_run(args: &LabRunArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
-    let mut ports = args.ports.iter().map(|p| parse_probe(p)).collect::<Result<Vec<_>, _>>()?;
-    let cluster = load_cluster(&args.paths, args.skip_invalid, ui)?;
+pub fn deny_action(arg: DenyArg) -> DenyAction {
+    match arg {
+        DenyArg::Drop => DenyAction::Drop,
+        DenyArg::Reject => DenyAction::Reject,
+    }
+}
+
+/// Loads the manifests and starts a lab on them (no policy applied yet);
+/// returns it with the ports to probe.
+pub fn start(build: &LabBuildArgs, ui: &Ui, timeout: Duration) -> Result<(Lab, Vec<(Protocol, u16)>)> {
+    let mut ports = build.ports.iter().map(|p| parse_probe(p)).collect::<Result<Vec<_>, _>>()?;
+    let cluster = load_cluster(&build.paths, build.skip_invalid, ui)?;
     require_root()?;
-    let opts = LabOptions {
-        nodes: args.nodes,
-        deny: match args.deny {
-            DenyArg::Drop => DenyAction::Drop,
-            DenyArg::Reject => DenyAction::Reject,
-        },
-        timeout: Duration::from_millis(args.timeout_ms),
-        ..LabOptions::default()
-    };
+    let opts = LabOptions { nodes: build.nodes, deny: deny_action(build.deny), timeout, ..LabOptions::default() };
     let run_id = std::process::id().to_string();
-    let started = Instant::now();
     let tty = std::io::stderr().is_terminal();
-    let mut lab = Lab::start(&cluster, &run_id, &ports, opts, progress(tty)).context("starting the lab")?;
+    let lab = Lab::start(&cluster, &run_id, &ports, opts, progress(tty)).context("starting the lab")?;
     lab.teardown_on_signal();
-    let built = started.elapsed();
     for (key, why) in &lab.topology.plan.skipped {
         ui.warn(&format!("{key}: not probed ({why})"));
     }
@@ -76,14 +80,14 @@ fn lab_run(args: &LabRunArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
             return Err(Failure::Usage("no pod declares a container port: say what to probe with --port".into()).into());
         }
     }
-    let applied = lab.apply().context("applying the policies")?;
-    let probing = Instant::now();
-    let results = lab.probe(&ports);
-    let probed = probing.elapsed();
-    print_results(args.format, &ports, &results, out)?;
-    let wrong: Vec<&ProbeResult> = results.iter().filter(|r| !r.agrees()).collect();
-    for r in &wrong {
-        ui.error(&format!(
+    Ok((lab, ports))
+}
+
+/// Prints the disagreements; an error if there are any.
+pub fn report(results: &[ProbeResult], ui: &Ui) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for r in results.iter().filter(|r| !r.agrees()) {
+        wrong.push(format!(
             "disagreement: {} -> {} {}/{} ({}): kernel {} ({:?}), engine {}",
             r.src,
             r.dst,
@@ -95,6 +99,23 @@ fn lab_run(args: &LabRunArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
             if r.engine_allows { "allows" } else { "denies" },
         ));
     }
+    for w in &wrong {
+        ui.error(w);
+    }
+    wrong
+}
+
+fn lab_run(args: &LabRunArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
+    let started = Instant::now();
+    let (mut lab, ports) = start(&args.build, ui, Duration::from_millis(args.timeout_ms))?;
+    let built = started.elapsed();
+    let applied = lab.apply().context("applying the policies")?;
+    let probing = Instant::now();
+    let results = lab.probe(&ports);
+    let probed = probing.elapsed();
+    print_results(args.format, &ports, &results, out)?;
+    out.flush()?;
+    let wrong = report(&results, ui);
     let plan = &lab.topology.plan;
     ui.note(&format!(
         "{} pods on {} nodes; built in {:.2} s, rules applied in {} ms, {} probes in {:.2} s; {} disagreement(s) with the engine",
@@ -122,7 +143,7 @@ fn verdict(allowed: bool) -> &'static str {
     }
 }
 
-fn print_results(
+pub fn print_results(
     format: ProbeFormat,
     ports: &[(Protocol, u16)],
     results: &[ProbeResult],
@@ -182,13 +203,14 @@ fn print_results(
 }
 
 /// Is `pid` a live palisade process (other than us)?
-fn live_palisade(pid: u32) -> bool {
+pub fn live_palisade(pid: u32) -> bool {
     pid != std::process::id()
         && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim().starts_with("palisade"))
 }
 
 fn lab_down(args: &LabDownArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
     require_root()?;
+    super::lab_daemon::stop(&args.name, ui, out)?;
     let mut removed = 0;
     let mut kept = 0;
     for ns in netns::list(PREFIX) {

@@ -3,4 +3,5 @@ pub mod bench;
 pub mod diff;
 pub mod explain;
 pub mod lab;
+pub mod lab_daemon;
 pub mod lint;
