@@ -6,6 +6,7 @@
 //! direction and one identity's rules; per change, one `nft -f` transaction
 //! touching only the sets and chains that changed.
 
+pub mod conntrack;
 pub mod netns;
 pub mod nft;
 pub mod podnet;

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use palisade_dataplane::netns::Netns;
 use palisade_dataplane::nft::NftError;
 use palisade_dataplane::{compile, DenyAction, Options, Ruleset};
 use palisade_engine::{EndpointId, Engine, Flow, FlowEnd};
@@ -44,11 +45,20 @@ pub struct LabOptions {
     pub timeout: Duration,
     /// Probes in flight at once.
     pub concurrency: usize,
+    /// Keep connections a policy change forbids (default: end them, by
+    /// removing exactly their conntrack entries).
+    pub keep_established: bool,
 }
 
 impl Default for LabOptions {
     fn default() -> Self {
-        LabOptions { nodes: 2, deny: DenyAction::Drop, timeout: Duration::from_millis(1000), concurrency: 256 }
+        LabOptions {
+            nodes: 2,
+            deny: DenyAction::Drop,
+            timeout: Duration::from_millis(1000),
+            concurrency: 256,
+            keep_established: false,
+        }
     }
 }
 
@@ -117,6 +127,16 @@ pub fn apply_node(
     Ok(desired)
 }
 
+/// Ends established flows the engine now denies, on every node.
+pub fn end_denied_flows(plan: &Plan, engine: &Engine) -> Result<usize, LabError> {
+    let denies = palisade_dataplane::conntrack::engine_denies(engine);
+    let mut removed = 0;
+    for node in &plan.nodes {
+        removed += palisade_dataplane::conntrack::flush_denied(Some(&Netns::named(&node.netns)), &denies)?;
+    }
+    Ok(removed)
+}
+
 impl Lab {
     /// Builds the cluster's network, starts a server in every pod on its
     /// declared ports and on `probe_ports`. No policy is applied yet.
@@ -182,6 +202,9 @@ impl Lab {
             let rules = apply_node(&self.topology.plan, &self.engine, node, self.opts.deny, self.rules[node].as_ref())?;
             self.rules[node] = Some(rules);
         }
+        if !self.opts.keep_established {
+            end_denied_flows(&self.topology.plan, &self.engine)?;
+        }
         Ok(started.elapsed())
     }
 
@@ -193,6 +216,17 @@ impl Lab {
         self.engine = Engine::from_cluster(&next);
         self.cluster = next;
         Ok(())
+    }
+
+    /// Forgets what the kernels hold, as a freshly started process would:
+    /// the next [`apply`](Self::apply) replaces each table atomically.
+    pub fn forget_rules(&mut self) {
+        self.rules.iter_mut().for_each(|r| *r = None);
+    }
+
+    /// The options the lab runs with.
+    pub fn options_mut(&mut self) -> &mut LabOptions {
+        &mut self.opts
     }
 
     /// The rules node `node`'s kernel holds (after [`apply`](Self::apply)).
@@ -232,13 +266,8 @@ pub fn probe_pairs(
                     }
                     _ => false,
                 };
-                let probe = Probe {
-                    src: palisade_dataplane::netns::Netns::named(&src.netns),
-                    dst: address,
-                    protocol,
-                    port,
-                    expect: dst.key.to_string(),
-                };
+                let probe =
+                    Probe { src: Netns::named(&src.netns), dst: address, protocol, port, expect: dst.key.to_string() };
                 jobs.push((src.key.clone(), dst.key.clone(), probe, engine_allows));
             }
         }

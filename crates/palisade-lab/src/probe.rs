@@ -98,8 +98,12 @@ impl Probe {
         let addr = SocketAddr::new(self.dst, self.port);
         let work = async {
             let mut stream = socket.connect(addr).await?;
+            // The greeting line; the server would echo after it.
             let mut buf = Vec::new();
-            stream.read_to_end(&mut buf).await?;
+            let mut byte = [0u8; 1];
+            while stream.read(&mut byte).await? == 1 && byte[0] != b'\n' && buf.len() < 512 {
+                buf.push(byte[0]);
+            }
             Ok::<_, std::io::Error>(buf)
         };
         match tokio::time::timeout(timeout, work).await {
@@ -190,4 +194,32 @@ fn refused_or_error(e: std::io::Error) -> Outcome {
             _ => Outcome::Error(e.to_string()),
         },
     }
+}
+
+/// A long-lived TCP connection from a pod (blocking, for tests of
+/// established flows): connected, greeting read. Returns the stream and
+/// the greeting.
+pub fn connect_tcp(src: &Netns, dst: SocketAddr, timeout: Duration) -> std::io::Result<(std::net::TcpStream, String)> {
+    use std::io::BufRead;
+    let s = src
+        .enter(|| Socket::new(domain(&dst.ip()), Type::STREAM, Some(socket2::Protocol::TCP)))
+        .map_err(std::io::Error::other)??;
+    s.connect_timeout(&dst.into(), timeout)?;
+    let stream: std::net::TcpStream = s.into();
+    stream.set_read_timeout(Some(timeout))?;
+    let mut greeting = String::new();
+    std::io::BufReader::new(stream.try_clone()?).read_line(&mut greeting)?;
+    Ok((stream, greeting.trim().to_string()))
+}
+
+/// Sends a line on an established connection and waits for its echo.
+pub fn echo(stream: &mut std::net::TcpStream, line: &str) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    stream.write_all(format!("{line}\n").as_bytes())?;
+    let mut got = vec![0u8; line.len() + 1];
+    stream.read_exact(&mut got)?;
+    if got != format!("{line}\n").as_bytes() {
+        return Err(std::io::Error::other(format!("echo mismatch: {:?}", String::from_utf8_lossy(&got))));
+    }
+    Ok(())
 }

@@ -1,5 +1,6 @@
-//! The small server in every lab pod: on each port it serves, TCP answers a
-//! connection and UDP answers a datagram with the pod's name; SCTP INITs
+//! The small server in every lab pod: on each port it serves, TCP greets a
+//! connection with the pod's name and then echoes, UDP answers a datagram
+//! with the pod's name; SCTP INITs
 //! are answered with an INIT-ACK by a raw-socket responder. Probes check
 //! the name, so a reply from the wrong pod is caught.
 
@@ -80,9 +81,14 @@ impl Servers {
                     tokio::spawn(async move {
                         while let Ok((mut conn, _)) = listener.accept().await {
                             let reply = reply.clone();
+                            // The name, then an echo of whatever the client sends until it
+                            // closes: probes read one line; long-lived flows keep talking.
                             tokio::spawn(async move {
-                                let _ = conn.write_all(&reply).await;
-                                let _ = conn.shutdown().await;
+                                if conn.write_all(&reply).await.is_err() {
+                                    return;
+                                }
+                                let (mut rd, mut wr) = conn.split();
+                                let _ = tokio::io::copy(&mut rd, &mut wr).await;
                             });
                         }
                     });

@@ -24,6 +24,9 @@ pub struct LabState {
     pub served: Vec<(Protocol, u16)>,
     /// `drop` or `reject`.
     pub deny: String,
+    /// Established flows a change forbids are kept (else ended).
+    #[serde(default)]
+    pub keep_established: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -208,6 +208,9 @@ pub struct LabBuildArgs {
     /// How the kernel ends denied traffic.
     #[arg(long, value_enum, default_value = "drop")]
     pub deny: DenyArg,
+    /// Keep established connections that a policy change forbids (default: end them within a second).
+    #[arg(long)]
+    pub keep_established: bool,
 }
 
 #[derive(Args)]

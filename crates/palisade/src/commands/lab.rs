@@ -66,7 +66,13 @@ pub fn start(build: &LabBuildArgs, ui: &Ui, timeout: Duration) -> Result<(Lab, V
     let mut ports = build.ports.iter().map(|p| parse_probe(p)).collect::<Result<Vec<_>, _>>()?;
     let cluster = load_cluster(&build.paths, build.skip_invalid, ui)?;
     require_root()?;
-    let opts = LabOptions { nodes: build.nodes, deny: deny_action(build.deny), timeout, ..LabOptions::default() };
+    let opts = LabOptions {
+        nodes: build.nodes,
+        deny: deny_action(build.deny),
+        timeout,
+        keep_established: build.keep_established,
+        ..LabOptions::default()
+    };
     let run_id = std::process::id().to_string();
     let tty = std::io::stderr().is_terminal();
     let lab = Lab::start(&cluster, &run_id, &ports, opts, progress(tty)).context("starting the lab")?;

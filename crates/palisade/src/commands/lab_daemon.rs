@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use palisade_engine::Engine;
-use palisade_lab::lab::{apply_node, probe_pairs, runtime};
+use palisade_lab::lab::{apply_node, end_denied_flows, probe_pairs, runtime};
 use palisade_lab::state::{log_path, LabState};
 use palisade_lab::topology::delete_plan;
 use palisade_lab::LabOptions;
@@ -54,6 +54,9 @@ pub fn up(args: &LabUpArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
     cmd.args(["--deny", if args.build.deny == DenyArg::Drop { "drop" } else { "reject" }]);
     if args.build.skip_invalid {
         cmd.arg("--skip-invalid");
+    }
+    if args.build.keep_established {
+        cmd.arg("--keep-established");
     }
     for p in &args.build.paths {
         cmd.arg("-f").arg(std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()));
@@ -105,6 +108,7 @@ pub fn serve(args: &LabUpArgs, ui: &Ui) -> Result<()> {
         skip_invalid: args.build.skip_invalid,
         served: lab.served_ports().iter().copied().collect(),
         deny: if args.build.deny == DenyArg::Drop { "drop" } else { "reject" }.into(),
+        keep_established: args.build.keep_established,
     };
     state.save()?;
     eprintln!("lab {:?} up: process {}", args.name, state.pid);
@@ -124,6 +128,9 @@ pub fn apply(args: &LabApplyArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
     let started = Instant::now();
     for node in 0..state.plan.nodes.len() {
         apply_node(&state.plan, &engine, node, deny, None)?;
+    }
+    if !state.keep_established {
+        end_denied_flows(&state.plan, &engine)?;
     }
     state.paths = args.paths.iter().map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())).collect();
     state.skip_invalid = args.skip_invalid;

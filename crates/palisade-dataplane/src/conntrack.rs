@@ -1,0 +1,127 @@
+//! Established flows after a policy change. The forward chain accepts
+//! packets of known connections before any policy rule, so a connection
+//! opened under an old allow would live on after the allow is removed.
+//! [`flush_denied`] removes exactly the conntrack entries of flows the new
+//! policy denies; their next packet is then judged as new, and denied.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use palisade_engine::{EndpointId, Engine, Flow, FlowEnd};
+use palisade_model::Protocol;
+
+use crate::netns::{run, Netns, NetnsError};
+
+/// One tracked flow, in its original direction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CtFlow {
+    pub protocol: Protocol,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// Parses `conntrack -L` lines (TCP, UDP and SCTP; other protocols are
+/// never judged by NetworkPolicy and are skipped).
+pub fn parse(text: &str) -> Vec<CtFlow> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let protocol = match fields.next() {
+            Some("tcp") => Protocol::Tcp,
+            Some("udp") => Protocol::Udp,
+            Some("sctp") => Protocol::Sctp,
+            _ => continue,
+        };
+        // The first src/dst/sport/dport are the original direction.
+        let (mut src, mut dst, mut sport, mut dport) = (None, None, None, None);
+        for f in fields {
+            let Some((k, v)) = f.split_once('=') else { continue };
+            match k {
+                "src" if src.is_none() => src = v.parse().ok(),
+                "dst" if dst.is_none() => dst = v.parse().ok(),
+                "sport" if sport.is_none() => sport = v.parse().ok(),
+                "dport" if dport.is_none() => dport = v.parse().ok(),
+                _ => {}
+            }
+        }
+        if let (Some(src), Some(dst), Some(sport), Some(dport)) = (src, dst, sport, dport) {
+            out.push(CtFlow { protocol, src, dst, sport, dport });
+        }
+    }
+    out
+}
+
+fn conntrack(ns: Option<&Netns>, args: &[&str]) -> Result<String, NetnsError> {
+    match ns {
+        Some(ns) => ns.exec("conntrack", args, None),
+        None => run("conntrack", args, None),
+    }
+}
+
+/// Tracked TCP, UDP and SCTP flows of a namespace (this one if `None`).
+pub fn list(ns: Option<&Netns>) -> Result<Vec<CtFlow>, NetnsError> {
+    let mut all = Vec::new();
+    for family in ["ipv4", "ipv6"] {
+        all.extend(parse(&conntrack(ns, &["-L", "-f", family])?));
+    }
+    Ok(all)
+}
+
+/// Deletes the entries of every tracked flow `denied` says the current
+/// policy forbids, and only those. Returns how many were removed.
+pub fn flush_denied(ns: Option<&Netns>, denied: impl Fn(&CtFlow) -> bool) -> Result<usize, NetnsError> {
+    let mut removed = 0;
+    for flow in list(ns)?.into_iter().filter(|f| denied(f)) {
+        let (sport, dport) = (flow.sport.to_string(), flow.dport.to_string());
+        let (src, dst) = (flow.src.to_string(), flow.dst.to_string());
+        let args = ["-D", "-p", flow.protocol.as_lower(), "-s", &src, "-d", &dst, "--sport", &sport, "--dport", &dport];
+        // Gone already (closed meanwhile) is fine: conntrack exits 1 then.
+        if conntrack(ns, &args).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// The engine's judgement of a tracked flow: addresses of known endpoints
+/// are those endpoints, anything else is an outside address.
+pub fn engine_denies(engine: &Engine) -> impl Fn(&CtFlow) -> bool + '_ {
+    let by_ip: HashMap<IpAddr, EndpointId> =
+        engine.endpoints().flat_map(|(id, ep)| ep.ips.iter().map(move |ip| (*ip, id))).collect();
+    move |f: &CtFlow| {
+        let end = |ip: IpAddr| by_ip.get(&ip).map_or(FlowEnd::Address(ip), |id| FlowEnd::Endpoint(*id));
+        !engine.allows(&Flow { src: end(f.src), dst: end(f.dst), protocol: f.protocol, port: f.dport })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_original_direction_of_each_protocol() {
+        let text = "\
+tcp      6 431999 ESTABLISHED src=10.250.0.10 dst=10.250.1.10 sport=40000 dport=80 src=10.250.1.10 dst=10.250.0.10 sport=80 dport=40000 [ASSURED] mark=0 use=1
+udp      17 29 src=10.250.0.10 dst=10.250.1.10 sport=5000 dport=53 [UNREPLIED] src=10.250.1.10 dst=10.250.0.10 sport=53 dport=5000 mark=0 use=1
+icmp     1 29 src=10.0.0.1 dst=10.0.0.2 type=8 code=0 id=1 src=10.0.0.2 dst=10.0.0.1 type=0 code=0 id=1 mark=0 use=1
+sctp     132 2 COOKIE_WAIT src=fd00::1 dst=fd00::2 sport=33000 dport=81 [UNREPLIED] src=fd00::2 dst=fd00::1 sport=81 dport=33000 mark=0 use=1
+";
+        let flows = parse(text);
+        assert_eq!(flows.len(), 3, "icmp is not judged by NetworkPolicy");
+        assert_eq!(
+            flows[0],
+            CtFlow {
+                protocol: Protocol::Tcp,
+                src: "10.250.0.10".parse().unwrap(),
+                dst: "10.250.1.10".parse().unwrap(),
+                sport: 40000,
+                dport: 80
+            }
+        );
+        assert_eq!(flows[1].dport, 53);
+        assert_eq!(flows[2].protocol, Protocol::Sctp);
+        assert_eq!(flows[2].src, "fd00::1".parse::<IpAddr>().unwrap());
+    }
+}
