@@ -20,6 +20,9 @@ pub struct CtFlow {
     pub dst: IpAddr,
     pub sport: u16,
     pub dport: u16,
+    /// A TCP connection closing or closed (FIN seen, TIME_WAIT, CLOSE):
+    /// no new data flows on it, so it needs no removal.
+    pub closed: bool,
 }
 
 /// Parses `conntrack -L` lines (TCP, UDP and SCTP; other protocols are
@@ -36,7 +39,11 @@ pub fn parse(text: &str) -> Vec<CtFlow> {
         };
         // The first src/dst/sport/dport are the original direction.
         let (mut src, mut dst, mut sport, mut dport) = (None, None, None, None);
+        let mut closed = false;
         for f in fields {
+            if matches!(f, "TIME_WAIT" | "CLOSE" | "LAST_ACK" | "FIN_WAIT" | "CLOSE_WAIT") {
+                closed = true;
+            }
             let Some((k, v)) = f.split_once('=') else { continue };
             match k {
                 "src" if src.is_none() => src = v.parse().ok(),
@@ -47,7 +54,7 @@ pub fn parse(text: &str) -> Vec<CtFlow> {
             }
         }
         if let (Some(src), Some(dst), Some(sport), Some(dport)) = (src, dst, sport, dport) {
-            out.push(CtFlow { protocol, src, dst, sport, dport });
+            out.push(CtFlow { protocol, src, dst, sport, dport, closed });
         }
     }
     out
@@ -61,6 +68,8 @@ fn conntrack(ns: Option<&Netns>, args: &[&str]) -> Result<String, NetnsError> {
 }
 
 /// Tracked TCP, UDP and SCTP flows of a namespace (this one if `None`).
+/// One dump per family: conntrack 1.4.7 filters protocol and state in
+/// user space, so separate filtered calls would each dump the whole table.
 pub fn list(ns: Option<&Netns>) -> Result<Vec<CtFlow>, NetnsError> {
     let mut all = Vec::new();
     for family in ["ipv4", "ipv6"] {
@@ -69,14 +78,20 @@ pub fn list(ns: Option<&Netns>) -> Result<Vec<CtFlow>, NetnsError> {
     Ok(all)
 }
 
-/// Deletes the entries of every tracked flow `denied` says the current
-/// policy forbids, and only those. Returns how many were removed.
+/// Deletes the entries of every live tracked flow `denied` says the
+/// current policy forbids, and only those. Flows are grouped by (protocol,
+/// source, destination, destination port), the unit policy judges, so one
+/// `conntrack -D` ends all connections of a forbidden pair. Returns how
+/// many groups were removed.
 pub fn flush_denied(ns: Option<&Netns>, denied: impl Fn(&CtFlow) -> bool) -> Result<usize, NetnsError> {
+    let mut groups: Vec<(Protocol, IpAddr, IpAddr, u16)> =
+        list(ns)?.into_iter().filter(|f| !f.closed && denied(f)).map(|f| (f.protocol, f.src, f.dst, f.dport)).collect();
+    groups.sort();
+    groups.dedup();
     let mut removed = 0;
-    for flow in list(ns)?.into_iter().filter(|f| denied(f)) {
-        let (sport, dport) = (flow.sport.to_string(), flow.dport.to_string());
-        let (src, dst) = (flow.src.to_string(), flow.dst.to_string());
-        let args = ["-D", "-p", flow.protocol.as_lower(), "-s", &src, "-d", &dst, "--sport", &sport, "--dport", &dport];
+    for (protocol, src, dst, dport) in groups {
+        let (src, dst, dport) = (src.to_string(), dst.to_string(), dport.to_string());
+        let args = ["-D", "-p", protocol.as_lower(), "-s", &src, "-d", &dst, "--dport", &dport];
         // Gone already (closed meanwhile) is fine: conntrack exits 1 then.
         if conntrack(ns, &args).is_ok() {
             removed += 1;
@@ -103,12 +118,14 @@ mod tests {
     #[test]
     fn parses_original_direction_of_each_protocol() {
         let text = "\
+tcp      6 119 TIME_WAIT src=10.250.0.10 dst=10.250.1.10 sport=39000 dport=80 src=10.250.1.10 dst=10.250.0.10 sport=80 dport=39000 [ASSURED] mark=0 use=1
 tcp      6 431999 ESTABLISHED src=10.250.0.10 dst=10.250.1.10 sport=40000 dport=80 src=10.250.1.10 dst=10.250.0.10 sport=80 dport=40000 [ASSURED] mark=0 use=1
 udp      17 29 src=10.250.0.10 dst=10.250.1.10 sport=5000 dport=53 [UNREPLIED] src=10.250.1.10 dst=10.250.0.10 sport=53 dport=5000 mark=0 use=1
 icmp     1 29 src=10.0.0.1 dst=10.0.0.2 type=8 code=0 id=1 src=10.0.0.2 dst=10.0.0.1 type=0 code=0 id=1 mark=0 use=1
 sctp     132 2 COOKIE_WAIT src=fd00::1 dst=fd00::2 sport=33000 dport=81 [UNREPLIED] src=fd00::2 dst=fd00::1 sport=81 dport=33000 mark=0 use=1
 ";
-        let flows = parse(text);
+        let mut flows = parse(text);
+        assert!(flows.remove(0).closed, "TIME_WAIT is a closed connection");
         assert_eq!(flows.len(), 3, "icmp is not judged by NetworkPolicy");
         assert_eq!(
             flows[0],
@@ -117,7 +134,8 @@ sctp     132 2 COOKIE_WAIT src=fd00::1 dst=fd00::2 sport=33000 dport=81 [UNREPLI
                 src: "10.250.0.10".parse().unwrap(),
                 dst: "10.250.1.10".parse().unwrap(),
                 sport: 40000,
-                dport: 80
+                dport: 80,
+                closed: false
             }
         );
         assert_eq!(flows[1].dport, 53);

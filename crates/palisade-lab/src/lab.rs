@@ -90,6 +90,8 @@ pub struct Lab {
     rules: Vec<Option<Ruleset>>,
     opts: LabOptions,
     served: BTreeSet<(Protocol, u16)>,
+    /// Patches the kernel refused, each followed by a full replace.
+    pub resyncs: usize,
 }
 
 fn raise_fd_limit() {
@@ -167,7 +169,7 @@ impl Lab {
         }
         let engine = Engine::from_cluster(&lab_cluster);
         let rules = vec![None; topology.plan.nodes.len()];
-        Ok(Lab { runtime, _servers: servers, topology, engine, cluster: lab_cluster, rules, opts, served })
+        Ok(Lab { runtime, _servers: servers, topology, engine, cluster: lab_cluster, rules, opts, served, resyncs: 0 })
     }
 
     /// On SIGINT or SIGTERM: delete the lab's namespaces and exit 130, so
@@ -199,7 +201,21 @@ impl Lab {
     pub fn apply(&mut self) -> Result<Duration, LabError> {
         let started = Instant::now();
         for node in 0..self.topology.plan.nodes.len() {
-            let rules = apply_node(&self.topology.plan, &self.engine, node, self.opts.deny, self.rules[node].as_ref())?;
+            let old = self.rules[node].take();
+            let rules = match apply_node(&self.topology.plan, &self.engine, node, self.opts.deny, old.as_ref()) {
+                Ok(rules) => rules,
+                // A refused patch changed nothing (one transaction): resync
+                // by replacing the table atomically, and say so.
+                Err(e) if old.is_some() => {
+                    self.resyncs += 1;
+                    eprintln!(
+                        "palisade lab: patch refused, replacing the table: {e}: {:?}",
+                        std::error::Error::source(&e)
+                    );
+                    apply_node(&self.topology.plan, &self.engine, node, self.opts.deny, None)?
+                }
+                Err(e) => return Err(e),
+            };
             self.rules[node] = Some(rules);
         }
         if !self.opts.keep_established {

@@ -71,6 +71,9 @@ impl Topology {
         for node in &plan.nodes {
             let ns = Netns::named(&node.netns);
             enable_forwarding(&ns)?;
+            // Probes are thousands of short connections: without this their
+            // TIME_WAIT entries (120 s) fill the node's conntrack table.
+            ns.sysctl("net.netfilter.nf_conntrack_tcp_timeout_time_wait", "5")?;
             let mut s = format!("route add default via {EXTERNAL_V4}\n");
             if v6 {
                 writeln!(s, "route add ::/0 via {EXTERNAL_V6}").unwrap();

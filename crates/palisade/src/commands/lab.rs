@@ -220,7 +220,9 @@ fn lab_down(args: &LabDownArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
     let mut removed = 0;
     let mut kept = 0;
     for ns in netns::list(PREFIX) {
-        let owner = ns.name[PREFIX.len()..].split('-').next().and_then(|id| id.parse::<u32>().ok());
+        // The run id starts with the owning process id (tests append a tag).
+        let id = ns.name[PREFIX.len()..].split('-').next().unwrap_or("");
+        let owner = id.chars().take_while(char::is_ascii_digit).collect::<String>().parse::<u32>().ok();
         if !args.all && owner.is_some_and(live_palisade) {
             kept += 1;
             continue;

@@ -1,0 +1,210 @@
+//! Churn: while probe threads connect continuously between lab pods, 1,000
+//! random label and policy changes are applied. No probe may succeed that
+//! the engine forbids at that moment. A probe running while changes land
+//! may meet the state before or after each of them, so every side of the
+//! flow (the source node's egress, the destination node's ingress) must be
+//! allowed by one of the states that were in the kernel during the probe.
+//! Needs root.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use palisade_dataplane::netns::Netns;
+use palisade_dataplane::DenyAction;
+use palisade_engine::{Engine, Flow, FlowEnd};
+use palisade_lab::probe::connect_tcp;
+use palisade_lab::{Lab, LabOptions};
+use palisade_model::{Cluster, EndpointKey, Protocol};
+
+use common::{cluster, privileged, run_id};
+
+const PODS: usize = 6;
+const CHANGES: usize = 1000;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// The cluster: pods p0..p5 with a `role` label each, and up to four policies.
+struct World {
+    roles: Vec<usize>,
+    policies: Vec<Option<String>>,
+}
+
+impl World {
+    fn manifests(&self) -> String {
+        let mut s = String::new();
+        for (i, role) in self.roles.iter().enumerate() {
+            s += &format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: x, labels: {{app: p{i}, role: r{role}}}}}\nspec: {{containers: [{{name: c, image: i, ports: [{{containerPort: 80}}]}}]}}\n"
+            );
+        }
+        for p in self.policies.iter().flatten() {
+            s += p;
+        }
+        s
+    }
+
+    fn random_policy(rng: &mut Rng, k: usize) -> String {
+        let types = ["[Ingress]", "[Egress]", "[Ingress, Egress]"][rng.below(3)];
+        let peer = |rng: &mut Rng| match rng.below(3) {
+            0 => format!("{{podSelector: {{matchLabels: {{role: r{}}}}}}}", rng.below(3)),
+            1 => format!("{{podSelector: {{matchLabels: {{app: p{}}}}}}}", rng.below(PODS)),
+            _ => "{namespaceSelector: {}}".to_string(),
+        };
+        let ports = ["", ", ports: [{port: 80}]", ", ports: [{port: 81}]"][rng.below(3)];
+        let ingress = if rng.below(4) == 0 { "[]".to_string() } else { format!("[{{from: [{}]{ports}}}]", peer(rng)) };
+        let egress = if rng.below(4) == 0 { "[]".to_string() } else { format!("[{{to: [{}]{ports}}}]", peer(rng)) };
+        format!(
+            "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: np{k}, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{role: r{}}}}}\n  policyTypes: {types}\n  ingress: {ingress}\n  egress: {egress}\n",
+            rng.below(3)
+        )
+    }
+
+    fn change(&mut self, rng: &mut Rng) {
+        match rng.below(3) {
+            0 => {
+                let i = rng.below(PODS);
+                self.roles[i] = rng.below(3);
+            }
+            1 => {
+                let k = rng.below(self.policies.len());
+                self.policies[k] = Some(Self::random_policy(rng, k));
+            }
+            _ => {
+                let k = rng.below(self.policies.len());
+                self.policies[k] = None;
+            }
+        }
+    }
+}
+
+struct Seen {
+    src: EndpointKey,
+    dst: EndpointKey,
+    /// Changes fully applied when the probe started and when it ended.
+    from: usize,
+    to: usize,
+    connected: bool,
+}
+
+fn sides(engine: &Engine, src: &EndpointKey, dst: &EndpointKey) -> (bool, bool) {
+    let (s, d) = (engine.endpoint_id(src).unwrap(), engine.endpoint_id(dst).unwrap());
+    let v = engine.verdict(&Flow {
+        src: FlowEnd::Endpoint(s),
+        dst: FlowEnd::Endpoint(d),
+        protocol: Protocol::Tcp,
+        port: 80,
+    });
+    (v.egress.allows(), v.ingress.allows())
+}
+
+#[test]
+fn no_probe_is_ever_allowed_that_the_engine_forbids() {
+    if !privileged("churn") {
+        return;
+    }
+    let seed = 0x5eed_0001u64;
+    let mut rng = Rng(seed);
+    let mut world = World { roles: (0..PODS).map(|i| i % 3).collect(), policies: vec![None; 4] };
+    for k in 0..2 {
+        world.policies[k] = Some(World::random_policy(&mut rng, k));
+    }
+    // Reject: denied probes end at once, so the loop probes often.
+    let opts = LabOptions { deny: DenyAction::Reject, ..LabOptions::default() };
+    let mut lab = Lab::start(&cluster(&world.manifests()), &run_id("c"), &[], opts, |_, _| {}).unwrap();
+    lab.apply().unwrap();
+
+    let states: Arc<Mutex<Vec<Cluster>>> = Arc::new(Mutex::new(vec![lab.cluster.clone()]));
+    let applied = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let pods: Vec<(EndpointKey, Netns, SocketAddr)> = lab
+        .topology
+        .plan
+        .pods
+        .iter()
+        .map(|p| (p.key.clone(), Netns::named(&p.netns), SocketAddr::new(p.ips[0], 80)))
+        .collect();
+    let mut probers = Vec::new();
+    for t in 0..4u64 {
+        let (pods, applied, stop) = (pods.clone(), applied.clone(), stop.clone());
+        probers.push(std::thread::spawn(move || {
+            let mut rng = Rng(0x9e37_79b9 + t);
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let (s, d) = (rng.below(PODS), rng.below(PODS));
+                if s == d {
+                    continue;
+                }
+                let from = applied.load(Ordering::SeqCst);
+                let connected = connect_tcp(&pods[s].1, pods[d].2, Duration::from_millis(1000))
+                    .is_ok_and(|(_, greeting)| greeting == pods[d].0.to_string());
+                let to = applied.load(Ordering::SeqCst);
+                seen.push(Seen { src: pods[s].0.clone(), dst: pods[d].0.clone(), from, to, connected });
+                // A few hundred probes a second over all threads.
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            seen
+        }));
+    }
+
+    let started = Instant::now();
+    for i in 1..=CHANGES {
+        world.change(&mut rng);
+        lab.update(&cluster(&world.manifests())).unwrap();
+        states.lock().unwrap().push(lab.cluster.clone());
+        lab.apply().unwrap_or_else(|e| panic!("change {i}: {e}: {:?}", std::error::Error::source(&e)));
+        applied.store(i, Ordering::SeqCst);
+    }
+    let churn = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let seen: Vec<Seen> = probers.into_iter().flat_map(|p| p.join().unwrap()).collect();
+
+    let engines: Vec<Engine> = states.lock().unwrap().iter().map(Engine::from_cluster).collect();
+    let mut violations = Vec::new();
+    let mut wrongly_denied = 0;
+    for s in &seen {
+        let window = s.from..=(s.to + 1).min(CHANGES);
+        let verdicts: Vec<(bool, bool)> = window.clone().map(|i| sides(&engines[i], &s.src, &s.dst)).collect();
+        if s.connected {
+            let egress = verdicts.iter().any(|v| v.0);
+            let ingress = verdicts.iter().any(|v| v.1);
+            if !(egress && ingress) {
+                violations.push(format!("{} -> {} connected during changes {window:?}: {verdicts:?}", s.src, s.dst));
+            }
+        } else if s.from == s.to && verdicts.iter().all(|v| v.0 && v.1) {
+            wrongly_denied += 1;
+        }
+    }
+    let connected = seen.iter().filter(|s| s.connected).count();
+    eprintln!(
+        "churn (seed {seed:#x}): {CHANGES} changes in {:.1} s ({:.1} ms each), {} probes ({connected} connected), {} violations, {wrongly_denied} allowed probes refused, {} patches refused and resynced",
+        churn.as_secs_f64(),
+        churn.as_secs_f64() * 1000.0 / CHANGES as f64,
+        seen.len(),
+        violations.len(),
+        lab.resyncs
+    );
+    assert!(seen.len() > 1000, "the probe loop barely ran: {} probes", seen.len());
+    assert!(connected > 100 && connected < seen.len(), "the changes should both allow and deny");
+    assert!(
+        violations.is_empty(),
+        "{} probes got through what the engine forbade:\n{}",
+        violations.len(),
+        violations.join("\n")
+    );
+    assert_eq!(wrongly_denied, 0, "probes refused although every state in their window allowed them");
+}
