@@ -78,3 +78,26 @@ fn upstream_e2e_scenarios_with_real_packets() {
 fn palisade_semantics_scenarios_with_real_packets() {
     run_all("semantics", &["--deny", "reject"]);
 }
+
+/// The README's main job: the example shop in the lab, zero disagreements.
+#[test]
+fn example_shop_runs_in_the_lab_with_zero_disagreements() {
+    if !privileged("lab run examples/shop") {
+        return;
+    }
+    let shop = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/shop");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["lab", "run", "-f"])
+        .arg(&shop)
+        .args(["--port", "tcp/8080", "--port", "tcp/5432", "--port", "udp/53", "-o", "tsv"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("0 disagreement(s)"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // 8 pods: 56 ordered pairs, 3 ports; some allowed, most denied.
+    assert_eq!(stdout.lines().count(), 1 + 56 * 3, "{stdout}");
+    assert!(stdout.contains("shop/api[Deployment]\tdata/postgres[StatefulSet]\ttcp\t5432\tallow\tallow"), "{stdout}");
+    assert!(stdout.contains("shop/web[Deployment]\tdata/postgres[StatefulSet]\ttcp\t5432\tdeny\tdeny"), "{stdout}");
+}
