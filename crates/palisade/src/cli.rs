@@ -142,6 +142,27 @@ pub enum BenchCommand {
     Gen(GenArgs),
     /// Time every phase of the analysis on a generated cluster.
     Engine(GenArgs),
+    /// Measure enforcement in a lab (root): throughput, RR and CRR against no filtering and a conntrack-only
+    /// table, with N peer entries; full and single-pod apply times on a generated cluster.
+    Dataplane(BenchDataplaneArgs),
+}
+
+#[derive(Args)]
+pub struct BenchDataplaneArgs {
+    /// Peer entries to compile the policy to, repeatable.
+    #[arg(long = "entries", default_values_t = vec![0, 1000, 10000, 50000])]
+    pub entries: Vec<usize>,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 1.0)]
+    pub seconds: f64,
+    /// Rounds per measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Pods of the generated cluster for the apply timings.
+    #[arg(long, default_value_t = 10000)]
+    pub pods: usize,
+    #[arg(long, default_value_t = 5000)]
+    pub policies: usize,
 }
 
 #[derive(Args, Clone)]

@@ -19,6 +19,7 @@ fn run(cli: Cli, ui: &Ui, out: &mut dyn Write) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(BenchCommand::Engine(g)) => palisade::commands::bench::run(&g, out),
+        Command::Bench(BenchCommand::Dataplane(args)) => palisade::commands::bench_dataplane::run(&args, out),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "palisade", out);
             Ok(())

@@ -1,5 +1,6 @@
 pub mod analyze;
 pub mod bench;
+pub mod bench_dataplane;
 pub mod diff;
 pub mod explain;
 pub mod lab;

@@ -1,0 +1,286 @@
+//! `palisade bench dataplane`: what enforcement costs, measured in a lab.
+//! Between two pods on different nodes and two on the same node: TCP
+//! throughput, request/response rate (RR) and new connections per second
+//! (CRR), with no filtering, with a stateful accept-all table (the
+//! conntrack floor), and with Palisade's rules compiled to N peer entries.
+//! Then the time to apply a full ruleset and a single-pod change on a
+//! generated cluster. Ratios are against floors measured in the same run.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use palisade_dataplane::netns::{Netns, OwnedNetns};
+use palisade_dataplane::{compile, DenyAction, Options, Ruleset};
+use palisade_engine::Engine;
+use palisade_lab::probe::{connect_tcp, echo};
+use palisade_lab::{Lab, LabOptions};
+use palisade_model::{parse_sources, Cluster, Endpoint, EndpointKey, Source};
+
+use super::lab::require_root;
+use crate::cli::BenchDataplaneArgs;
+use crate::gen::{generate, Spec};
+
+const PODS: &str = "
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: bench, labels: {role: client}}
+spec: {nodeName: node-a, containers: [{name: c, image: i}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: near, namespace: bench, labels: {role: server}}
+spec: {nodeName: node-a, containers: [{name: c, image: i, ports: [{containerPort: 5001}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: far, namespace: bench, labels: {role: server}}
+spec: {nodeName: node-b, containers: [{name: c, image: i, ports: [{containerPort: 5001}]}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: servers, namespace: bench}
+spec:
+  podSelector: {matchLabels: {role: server}}
+  policyTypes: [Ingress, Egress]
+  ingress: [{from: [{podSelector: {matchLabels: {role: client}}}], ports: [{port: 5001}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: clients, namespace: bench}
+spec:
+  podSelector: {matchLabels: {role: client}}
+  policyTypes: [Egress]
+  egress: [{to: [{podSelector: {matchLabels: {role: server}}}], ports: [{port: 5001}]}]
+";
+
+#[derive(Clone, Copy)]
+struct Rates {
+    gbits: f64,
+    rr: f64,
+    crr: f64,
+}
+
+fn measure(src: &Netns, dst: SocketAddr, secs: f64) -> Result<Rates> {
+    let window = Duration::from_secs_f64(secs);
+    // Request/response on one connection.
+    let (mut conn, _) = connect_tcp(src, dst, Duration::from_secs(2)).context("RR connect")?;
+    conn.set_nodelay(true)?;
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < window {
+        echo(&mut conn, "x")?;
+        n += 1;
+    }
+    let rr = n as f64 / start.elapsed().as_secs_f64();
+    drop(conn);
+    // New connections: connect, read the greeting, close.
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < window {
+        connect_tcp(src, dst, Duration::from_secs(2)).context("CRR connect")?;
+        n += 1;
+    }
+    let crr = n as f64 / start.elapsed().as_secs_f64();
+    // Throughput: write for the window while a reader drains the echo.
+    let (conn, _) = connect_tcp(src, dst, Duration::from_secs(2)).context("stream connect")?;
+    let mut reader = conn.try_clone()?;
+    reader.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let received = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let (r, d) = (received.clone(), done.clone());
+    let drain = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 256 * 1024];
+        while !d.load(Ordering::Relaxed) {
+            match reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => {
+                    r.fetch_add(k as u64, Ordering::Relaxed);
+                }
+            }
+        }
+    });
+    let chunk = vec![b'a'; 64 * 1024];
+    let mut writer = conn;
+    let start = Instant::now();
+    while start.elapsed() < window {
+        writer.write_all(&chunk)?;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let bytes = received.load(Ordering::Relaxed);
+    done.store(true, Ordering::Relaxed);
+    let _ = writer.shutdown(std::net::Shutdown::Both);
+    let _ = drain.join();
+    Ok(Rates { gbits: bytes as f64 * 8.0 / elapsed / 1e9, rr, crr })
+}
+
+/// Phantom pods matched by the client selector: peer entries in the
+/// server's ingress set, with addresses no lab pod uses.
+fn phantoms(n: usize) -> Vec<Endpoint> {
+    (0..n)
+        .map(|i| Endpoint {
+            key: EndpointKey::pod("bench", &format!("phantom-{i}")),
+            labels: [("role".to_string(), "client".to_string())].into_iter().collect(),
+            ips: vec![std::net::IpAddr::from(std::net::Ipv4Addr::from(0x0a64_0000u32 + i as u32))],
+            ports: vec![],
+            host_network: false,
+            node: Some("elsewhere".into()),
+        })
+        .collect()
+}
+
+fn set_floor(lab: &Lab, floor: &str) -> Result<()> {
+    for n in 0..lab.topology.plan.nodes.len() {
+        let ns = lab.topology.node_netns(n);
+        let _ = ns.exec("nft", &["delete", "table", "inet", "palisade"], None);
+        if floor == "conntrack" {
+            ns.exec(
+                "nft",
+                &["-f", "-"],
+                Some(
+                    "table inet palisade {\n chain forward {\n  type filter hook forward priority filter; policy accept;\n  \
+                     ct state established,related accept\n  ct state invalid drop\n }\n}\n",
+                ),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+pub fn run(args: &BenchDataplaneArgs, out: &mut dyn Write) -> Result<()> {
+    require_root()?;
+    let (cluster, problems, _) =
+        Cluster::from_manifests(parse_sources(&[Source { name: "bench.yaml".into(), text: PODS.into() }]));
+    anyhow::ensure!(problems.is_empty(), "{problems:?}");
+    let opts = LabOptions { deny: DenyAction::Drop, ..LabOptions::default() };
+    let run_id = format!("{}b", std::process::id());
+    let mut lab = Lab::start(&cluster, &run_id, &[], opts, |_, _| {})?;
+    lab.teardown_on_signal();
+    let plan = lab.topology.plan.clone();
+    let pod = |name: &str| plan.pods.iter().find(|p| p.key.name == name).expect("bench pod");
+    let client = Netns::named(&pod("client").netns);
+    // Thousands of new connections a second leave the client's ports in
+    // TIME_WAIT; without reuse the port search, not the dataplane, would
+    // set the pace of every configuration after the first.
+    client.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
+    client.sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
+    let paths = [
+        ("same node", SocketAddr::new(pod("near").ips[0], 5001)),
+        ("cross node", SocketAddr::new(pod("far").ips[0], 5001)),
+    ];
+
+    let mut configs: Vec<(String, Option<usize>)> =
+        vec![("no filtering".into(), None), ("conntrack only".into(), None)];
+    for n in &args.entries {
+        configs.push((format!("palisade, {n} entries"), Some(*n)));
+    }
+    writeln!(
+        out,
+        "dataplane bench: {} rounds of {:.1} s per measurement; rates are medians",
+        args.rounds, args.seconds
+    )?;
+    writeln!(
+        out,
+        "{:<12} {:<26} {:>9} {:>10} {:>10} {:>8} {:>8} {:>8}",
+        "path", "configuration", "Gbit/s", "RR/s", "CRR/s", "RR/ct", "CRR/ct", "Gbit/ct"
+    )?;
+    for (path, dst) in paths {
+        let mut floor: Option<Rates> = None;
+        for (name, entries) in &configs {
+            match entries {
+                None => set_floor(&lab, if name == "no filtering" { "none" } else { "conntrack" })?,
+                Some(n) => {
+                    set_floor(&lab, "none")?;
+                    lab.update(&cluster)?;
+                    for p in phantoms(*n) {
+                        lab.engine.upsert_endpoint(p);
+                    }
+                    lab.engine.compile();
+                    lab.forget_rules();
+                    lab.apply()?;
+                }
+            }
+            let mut samples = Vec::new();
+            for _ in 0..args.rounds {
+                samples.push(measure(&client, dst, args.seconds)?);
+            }
+            let med = |f: fn(&Rates) -> f64| {
+                let mut v: Vec<f64> = samples.iter().map(f).collect();
+                v.sort_by(|a, b| a.total_cmp(b));
+                v[v.len() / 2]
+            };
+            let r = Rates { gbits: med(|r| r.gbits), rr: med(|r| r.rr), crr: med(|r| r.crr) };
+            if name == "conntrack only" {
+                floor = Some(r);
+            }
+            let ratio = |x: f64, f: Option<f64>| f.map_or("-".to_string(), |f| format!("{:.3}", x / f));
+            writeln!(
+                out,
+                "{path:<12} {name:<26} {:>9.2} {:>10.0} {:>10.0} {:>8} {:>8} {:>8}",
+                r.gbits,
+                r.rr,
+                r.crr,
+                ratio(r.rr, floor.map(|f| f.rr)),
+                ratio(r.crr, floor.map(|f| f.crr)),
+                ratio(r.gbits, floor.map(|f| f.gbits)),
+            )?;
+            out.flush()?;
+        }
+    }
+    drop(lab);
+    apply_times(args, out)
+}
+
+/// Full apply and single-pod change on a generated cluster, in a scratch
+/// namespace: compile + render + `nft -f`, end to end.
+fn apply_times(args: &BenchDataplaneArgs, out: &mut dyn Write) -> Result<()> {
+    let spec = Spec { namespaces: 100, pods: args.pods, policies: args.policies, seed: 1 };
+    let (cluster, problems, _) =
+        Cluster::from_manifests(parse_sources(&[Source { name: "gen.yaml".into(), text: generate(&spec) }]));
+    anyhow::ensure!(problems.is_empty(), "generated cluster is invalid");
+    let mut engine = Engine::from_cluster(&cluster);
+    let ns = OwnedNetns::create(&format!("pal-{}b-apply", std::process::id()))?;
+    let opts = Options { table: "palisade".into(), deny: DenyAction::Drop };
+    // The node of the generated cluster's first pod, and its pods.
+    let node = cluster.endpoints.first().and_then(|e| e.node.clone());
+    let local = |engine: &Engine, id| engine.endpoint(id).node == node;
+    let start = Instant::now();
+    let full: Ruleset = compile(&engine, |id| local(&engine, id), &opts);
+    let compiled = start.elapsed();
+    full.full_transaction("palisade").apply_in(Some(&ns.name))?;
+    let full_time = start.elapsed();
+    let elements: usize = full.sets.values().map(|(_, e)| e.len()).sum();
+    writeln!(
+        out,
+        "\nfull apply, {} pods / {} policies, node {}: {} sets, {} elements, {} chains: {:.0} ms (compile {:.0} ms)",
+        args.pods,
+        args.policies,
+        node.as_deref().unwrap_or("-"),
+        full.sets.len(),
+        elements,
+        full.chains.len(),
+        full_time.as_secs_f64() * 1e3,
+        compiled.as_secs_f64() * 1e3
+    )?;
+    // One pod relabelled, ten times: engine update + ruleset + diff + nft.
+    let mut old = full;
+    let mut times = Vec::new();
+    for i in 0..10 {
+        let (id, mut ep) = engine.endpoints().map(|(id, e)| (id, e.clone())).nth(i * 7).expect("pods");
+        let _ = id;
+        ep.labels.insert("version".into(), format!("bench-{i}"));
+        let start = Instant::now();
+        engine.upsert_endpoint(ep);
+        engine.compile();
+        let new = compile(&engine, |id| local(&engine, id), &opts);
+        new.diff_transaction(&old, "palisade").apply_in(Some(&ns.name))?;
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+        old = new;
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    writeln!(out, "single-pod change (relabel), end to end: median {:.1} ms, max {:.1} ms", times[5], times[9])?;
+    Ok(())
+}

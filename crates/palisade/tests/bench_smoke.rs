@@ -1,0 +1,21 @@
+//! `palisade bench dataplane` runs end to end on a small configuration
+//! (root): every configuration measured, ratios printed, apply timings.
+
+mod scenario;
+
+#[test]
+fn bench_dataplane_smoke() {
+    if !scenario::privileged("bench dataplane") {
+        return;
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["bench", "dataplane", "--entries", "0", "--entries", "1000", "--rounds", "1", "--seconds", "0.2"])
+        .args(["--pods", "500", "--policies", "200"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for needle in ["conntrack only", "palisade, 1000 entries", "cross node", "full apply", "single-pod change"] {
+        assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
+    }
+}
