@@ -12,4 +12,4 @@ pub mod nft;
 pub mod podnet;
 pub mod ruleset;
 
-pub use ruleset::{compile, DenyAction, Options, Ruleset};
+pub use ruleset::{compile, compile_node, DenyAction, Options, Ruleset};

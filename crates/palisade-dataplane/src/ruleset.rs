@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use palisade_engine::{EndpointId, Engine, IdentityId, PeerMatch, PortMatch};
 use palisade_model::{Direction, IpBlock, PortSpec, Protocol};
 
-use crate::nft::{ChainDef, Hook, KeyType, Op, Rule, SetDef, Transaction};
+use crate::nft::{quote, ChainDef, Hook, KeyType, Op, Rule, SetDef, Transaction};
 
 /// What happens to a packet no rule allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,8 +142,17 @@ fn range_element((a, b): (IpAddr, IpAddr)) -> String {
     }
 }
 
-/// Compiles the desired state for the endpoints `is_local` says run here.
+/// Compiles the desired state for the endpoints `is_local` says run here,
+/// without anti-spoofing (their interfaces are unknown).
 pub fn compile(engine: &Engine, is_local: impl Fn(EndpointId) -> bool, opts: &Options) -> Ruleset {
+    compile_node(engine, |id| is_local(id).then(String::new), opts)
+}
+
+/// Compiles the desired state of one node. `pod_iface` is `Some` for the
+/// endpoints that run here, with the node-side interface of the pod's veth
+/// (empty if unknown): packets arriving from that interface must carry one
+/// of the pod's addresses, or they are dropped before anything else.
+pub fn compile_node(engine: &Engine, pod_iface: impl Fn(EndpointId) -> Option<String>, opts: &Options) -> Ruleset {
     let mut b = Builder { engine, rs: Ruleset::default(), by_identity: HashMap::new(), opts };
     for (id, ep) in engine.endpoints() {
         b.by_identity.entry(engine.endpoint_identity(id)).or_default().push(ep.ips.clone());
@@ -151,8 +160,12 @@ pub fn compile(engine: &Engine, is_local: impl Fn(EndpointId) -> bool, opts: &Op
     b.base();
     let mut local_identities: BTreeSet<IdentityId> = BTreeSet::new();
     for (id, ep) in engine.endpoints() {
-        if !is_local(id) || ep.host_network {
-            continue;
+        let Some(iface) = pod_iface(id).filter(|_| !ep.host_network) else { continue };
+        if !iface.is_empty() {
+            b.element("pod_ifaces", quote(&iface));
+            for ip in &ep.ips {
+                b.element(&format!("pod_src_{}", Family::of(ip).suffix()), format!("{} . {ip}", quote(&iface)));
+            }
         }
         let identity = engine.endpoint_identity(id);
         local_identities.insert(identity);
@@ -208,6 +221,16 @@ impl Builder<'_> {
 
     /// The static part: the forward hook and the dispatch maps.
     fn base(&mut self) {
+        self.set("pod_ifaces", KeyType(vec!["ifname"]), false, None, "node side of local pods' veths".into());
+        for f in FAMILIES {
+            self.set(
+                &format!("pod_src_{}", f.suffix()),
+                KeyType(vec!["ifname", f.addr_type()]),
+                false,
+                None,
+                "local pod veth . an address of that pod (anti-spoofing)".into(),
+            );
+        }
         for f in FAMILIES {
             for d in [Direction::Ingress, Direction::Egress] {
                 let name = format!("{}_{}", dir_name(d), f.suffix());
@@ -226,6 +249,14 @@ impl Builder<'_> {
             comment: Some(c.to_string()),
         };
         let rules = vec![
+            rule(
+                &["meta nfproto ipv4 iifname @pod_ifaces iifname . ip saddr != @pod_src_v4 drop"],
+                "anti-spoofing: a pod sends only from its own addresses",
+            ),
+            rule(
+                &["meta nfproto ipv6 iifname @pod_ifaces iifname . ip6 saddr != @pod_src_v6 drop"],
+                "anti-spoofing: a pod sends only from its own addresses",
+            ),
             rule(&["ct state established,related accept"], "replies and related ICMP of allowed connections"),
             rule(&["ct state invalid drop"], "not part of any known connection"),
             rule(&["ip saddr vmap @egress_v4"], "egress policy of local pods"),

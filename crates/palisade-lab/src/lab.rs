@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use palisade_dataplane::netns::Netns;
 use palisade_dataplane::nft::NftError;
-use palisade_dataplane::{compile, DenyAction, Options, Ruleset};
+use palisade_dataplane::{compile_node, DenyAction, Options, Ruleset};
 use palisade_engine::{EndpointId, Engine, Flow, FlowEnd};
 use palisade_model::{Cluster, EndpointKey, Protocol};
 use serde::Serialize;
@@ -116,10 +116,15 @@ pub fn apply_node(
     deny: DenyAction,
     old: Option<&Ruleset>,
 ) -> Result<Ruleset, LabError> {
-    let node_of: HashMap<EndpointId, usize> =
-        engine.endpoints().filter_map(|(id, ep)| Some((id, plan.pods[plan.pod(&ep.key)?].node))).collect();
+    // Local pods, with the node side of their veth (for anti-spoofing).
+    let host_if: HashMap<EndpointId, &str> = engine
+        .endpoints()
+        .filter_map(|(id, ep)| Some((id, &plan.pods[plan.pod(&ep.key)?])))
+        .filter(|(_, pod)| pod.node == node)
+        .map(|(id, pod)| (id, pod.host_if.as_str()))
+        .collect();
     let table = Options { table: "palisade".into(), deny };
-    let desired = compile(engine, |id| node_of.get(&id) == Some(&node), &table);
+    let desired = compile_node(engine, |id| host_if.get(&id).map(|s| s.to_string()), &table);
     let tx = match old {
         None => desired.full_transaction(&table.table),
         Some(old) => desired.diff_transaction(old, &table.table),
