@@ -75,8 +75,11 @@ pub struct ProbeResult {
 }
 
 impl ProbeResult {
+    /// The kernel did what the engine says. A probe that failed locally or
+    /// reached the wrong pod never agrees: it proves nothing about policy.
     pub fn agrees(&self) -> bool {
-        self.outcome.allowed() == self.engine_allows
+        !matches!(self.outcome, Outcome::Error(_) | Outcome::WrongPeer(_))
+            && self.outcome.allowed() == self.engine_allows
     }
 }
 
