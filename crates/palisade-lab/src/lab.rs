@@ -248,16 +248,6 @@ impl Lab {
         self.rules.iter_mut().for_each(|r| *r = None);
     }
 
-    /// The options the lab runs with.
-    pub fn options_mut(&mut self) -> &mut LabOptions {
-        &mut self.opts
-    }
-
-    /// The rules node `node`'s kernel holds (after [`apply`](Self::apply)).
-    pub fn ruleset(&self, node: usize) -> Option<&Ruleset> {
-        self.rules[node].as_ref()
-    }
-
     /// Probes every ordered pair of distinct pods on every port, in
     /// parallel, and judges each with the engine.
     pub fn probe(&self, ports: &[(Protocol, u16)]) -> Vec<ProbeResult> {

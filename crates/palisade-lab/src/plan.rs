@@ -2,7 +2,7 @@
 //! pod runs on, its addresses, and the names of every namespace and
 //! interface. Pure, so it is tested without root.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::Ipv4Net;
@@ -204,16 +204,6 @@ impl Plan {
     /// Whether any pod has an IPv6 address (the underlay then carries IPv6 too).
     pub fn ipv6(&self) -> bool {
         self.pods.iter().any(|p| p.ips.iter().any(IpAddr::is_ipv6))
-    }
-
-    /// Pods by node.
-    pub fn pods_on(&self, node: usize) -> impl Iterator<Item = &LabPod> {
-        self.pods.iter().filter(move |p| p.node == node)
-    }
-
-    /// The distinct nodes pods run on, for messages.
-    pub fn node_names(&self) -> BTreeSet<&str> {
-        self.nodes.iter().map(|n| n.name.as_str()).collect()
     }
 }
 

@@ -12,19 +12,18 @@ use palisade_dataplane::podnet::{enable_forwarding, PodLink};
 
 use crate::plan::{Plan, EXTERNAL_V4, EXTERNAL_V6};
 
-/// The lab's namespaces; deleted when dropped unless [`Topology::keep`]
-/// was called (`palisade lab up` hands them to `lab down`).
+/// The lab's namespaces, deleted when dropped (`palisade lab up` keeps its
+/// lab process alive instead; `lab down` stops it).
 pub struct Topology {
     pub plan: Plan,
     created: Vec<Netns>,
-    keep: bool,
 }
 
 impl Topology {
     /// Creates everything; on error, what was created is deleted again.
     /// `progress(done, total)` is called as pods are wired.
     pub fn build(plan: Plan, mut progress: impl FnMut(usize, usize)) -> Result<Topology, NetnsError> {
-        let mut topo = Topology { plan, created: Vec::new(), keep: false };
+        let mut topo = Topology { plan, created: Vec::new() };
         topo.create_all(&mut progress)?;
         Ok(topo)
     }
@@ -130,11 +129,6 @@ impl Topology {
         Netns::named(&self.plan.nodes[node].netns)
     }
 
-    /// Leaves the namespaces in place when dropped.
-    pub fn keep(&mut self) {
-        self.keep = true;
-    }
-
     /// Deletes every namespace of the lab now.
     pub fn teardown(&mut self) {
         for ns in self.created.drain(..).rev() {
@@ -145,9 +139,7 @@ impl Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
-        if !self.keep {
-            self.teardown();
-        }
+        self.teardown();
     }
 }
 
