@@ -6,10 +6,14 @@
 //! direction and one identity's rules; per change, one `nft -f` transaction
 //! touching only the sets and chains that changed.
 
+mod chains;
 pub mod conntrack;
+mod incremental;
 pub mod netns;
+pub mod nfnetlink;
 pub mod nft;
 pub mod podnet;
 pub mod ruleset;
 
+pub use incremental::{ApplyError, NodeCompiler, Update};
 pub use ruleset::{compile, compile_node, DenyAction, Options, Ruleset};

@@ -7,20 +7,9 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use palisade_dataplane::nft::run_nft_in;
-use palisade_dataplane::{compile, DenyAction, Options};
+use palisade_dataplane::{compile, DenyAction, NodeCompiler, Options};
 use palisade_engine::Engine;
 use palisade_model::{parse_sources, Cluster, Source};
-
-fn privileged() -> bool {
-    let root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
-    let required = std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var("PALISADE_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1");
-    if !root {
-        assert!(!required, "this test needs root (CI=true or PALISADE_REQUIRE_PRIVILEGED=1 forbids skipping)");
-        eprintln!("\n*** SKIPPED: {} needs root to create network namespaces ***\n", module_path!());
-    }
-    root
-}
 
 /// A network namespace that is deleted when dropped, also on panic.
 struct Netns(String);
@@ -81,7 +70,7 @@ fn engine(text: &str) -> Engine {
 
 #[test]
 fn rendered_ruleset_is_accepted_by_the_kernel_and_patched_in_place() {
-    if !privileged() {
+    if !palisade_testkit::privileged("dataplane kernel test") {
         return;
     }
     let ns = Netns::new("nft");
@@ -97,7 +86,7 @@ fn rendered_ruleset_is_accepted_by_the_kernel_and_patched_in_place() {
     for expected in [
         "x/a ingress rule 0 peer 0",
         "10.244.2.11",
-        "10.0.0.0-10.244.1.255",
+        "ip saddr 10.0.0.0/8 ip saddr != 10.244.2.0/24",
         "jump ingress_x_id",
         "reject with tcp reset",
     ] {
@@ -106,23 +95,25 @@ fn rendered_ruleset_is_accepted_by_the_kernel_and_patched_in_place() {
 
     // Incremental: relabel b so the selector no longer matches it.
     let opts = Options::default();
-    let before = compile(&engine, |id| node1[&id], &opts);
-    before.full_transaction(&opts.table).apply_in(Some(&ns.0)).unwrap();
-    let (b_id, b) = engine.endpoints().find(|(_, e)| e.key.name == "b").map(|(i, e)| (i, e.clone())).unwrap();
+    let on_node1 = |id| node1.get(&id).copied().unwrap_or(false).then(String::new);
+    let mut compiler = NodeCompiler::new(opts.clone());
+    compiler.resync(&engine, &on_node1).apply_in(Some(&ns.0)).unwrap();
+    let before = compiler.ruleset().clone();
+    let b = engine.endpoints().find(|(_, e)| e.key.name == "b").map(|(_, e)| e.clone()).unwrap();
     let mut relabelled = b.clone();
     relabelled.labels.insert("pod".into(), "z".into());
     engine.upsert_endpoint(relabelled);
-    engine.compile();
-    let after = compile(&engine, |id| node1.get(&id).copied().unwrap_or(false), &opts);
-    let patch = after.diff_transaction(&before, &opts.table);
-    let script = patch.render();
+    let changes = engine.compile();
+    let update = compiler.update(&engine, &changes, &on_node1);
+    assert_eq!(update.full, None);
+    let script = update.transaction.render();
     assert!(script.contains("delete element inet palisade sel_"), "{script}");
     assert!(!script.contains("delete table"), "an incremental change must not replace the table:\n{script}");
-    patch.apply_in(Some(&ns.0)).unwrap_or_else(|e| panic!("{e}\n{script}"));
+    update.transaction.apply_in(Some(&ns.0)).unwrap_or_else(|e| panic!("{e}\n{script}"));
+    let after = compiler.ruleset().clone();
     let listed =
         run_nft_in(Some(&ns.0), &["list", "set", "inet", "palisade", &selector_set_of(&after, "pod=b")], None).unwrap();
     assert!(!listed.contains("10.244.2.11"), "{listed}");
-    let _ = b_id;
 
     // A failed transaction changes nothing: the last good state stays.
     let mut bad = after.diff_transaction(&before, &opts.table);
@@ -141,4 +132,65 @@ fn selector_set_of(rs: &palisade_dataplane::Ruleset, selector_text: &str) -> Str
         .find(|(n, (d, _))| n.ends_with("_v4") && n.starts_with("sel_") && d.comment.contains(selector_text))
         .map(|(n, _)| n.clone())
         .unwrap()
+}
+
+/// Element batches over netlink land exactly as `nft` would write them,
+/// for every key type Palisade uses, and a refused batch changes nothing.
+#[test]
+fn netlink_element_batches_match_nft() {
+    use palisade_dataplane::nfnetlink::ElementBatch;
+    use palisade_dataplane::nft::{KeyType, Op, Transaction};
+    if !palisade_testkit::privileged("netlink element batches") {
+        return;
+    }
+    let ns = Netns::new("nl");
+    let setup = "table inet palisade {
+        chain c1 { }
+        set a4 { type ipv4_addr; }
+        set a6 { type ipv6_addr; }
+        set ifs { type ifname; }
+        set src4 { type ifname . ipv4_addr; }
+        set np4 { type ipv4_addr . inet_service; }
+        map m4 { type ipv4_addr : verdict; }
+    }";
+    run_nft_in(Some(&ns.0), &["-f", "-"], Some(setup)).unwrap();
+    let keys = |set: &str| {
+        Some(KeyType(match set {
+            "a4" | "m4" => vec!["ipv4_addr"],
+            "a6" => vec!["ipv6_addr"],
+            "ifs" => vec!["ifname"],
+            "src4" => vec!["ifname", "ipv4_addr"],
+            "np4" => vec!["ipv4_addr", "inet_service"],
+            _ => return None,
+        }))
+    };
+    let mut tx = Transaction::new("palisade");
+    let add = |set: &str, e: &str| Op::AddElements { set: set.into(), elements: vec![e.into()] };
+    tx.push(add("a4", "10.1.2.3"));
+    tx.push(add("a6", "fd00::7"));
+    tx.push(add("ifs", "\"veth-a\""));
+    tx.push(add("src4", "\"veth-a\" . 10.1.2.3"));
+    tx.push(add("np4", "10.1.2.3 . 8080"));
+    tx.push(add("m4", "10.1.2.3 : jump c1"));
+    let batch = ElementBatch::from_transaction(&tx, keys).unwrap().expect("element-only");
+    batch.apply_in(Some(&ns.0)).unwrap();
+    let listed = run_nft_in(Some(&ns.0), &["list", "table", "inet", "palisade"], None).unwrap();
+    for expected in
+        ["10.1.2.3", "fd00::7", "\"veth-a\"", "\"veth-a\" . 10.1.2.3", "10.1.2.3 . 8080", "10.1.2.3 : jump c1"]
+    {
+        assert!(listed.contains(expected), "missing {expected:?} in:\n{listed}");
+    }
+    // Deleting one present and one absent element: the kernel refuses the
+    // batch and the present one stays.
+    let mut bad = Transaction::new("palisade");
+    bad.push(Op::DeleteElements { set: "a4".into(), elements: vec!["10.1.2.3".into()] });
+    bad.push(Op::DeleteElements { set: "a6".into(), elements: vec!["fd00::99".into()] });
+    let batch = ElementBatch::from_transaction(&bad, keys).unwrap().unwrap();
+    assert!(batch.apply_in(Some(&ns.0)).is_err());
+    let listed = run_nft_in(Some(&ns.0), &["list", "set", "inet", "palisade", "a4"], None).unwrap();
+    assert!(listed.contains("10.1.2.3"), "a refused batch must change nothing:\n{listed}");
+    // A transaction that changes a rule is not an element batch.
+    let mut rules = Transaction::new("palisade");
+    rules.push(Op::FlushChain("c1".into()));
+    assert!(ElementBatch::from_transaction(&rules, keys).unwrap().is_none());
 }

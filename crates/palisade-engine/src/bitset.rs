@@ -67,6 +67,13 @@ impl BitSet {
             *a |= b;
         }
     }
+
+    /// Members in exactly one of `self` and `other`.
+    pub fn symmetric_difference(&self, other: &BitSet) -> BitSet {
+        let n = self.words.len().max(other.words.len());
+        let word = |s: &BitSet, i: usize| s.words.get(i).copied().unwrap_or(0);
+        BitSet { words: (0..n).map(|i| word(self, i) ^ word(other, i)).collect() }
+    }
 }
 
 #[cfg(test)]
@@ -85,5 +92,9 @@ mod tests {
         assert!(!s.contains(64));
         assert!(!s.remove(1000));
         assert_eq!(s.len(), 2);
+        let mut t = BitSet::default();
+        t.insert(3);
+        t.insert(500);
+        assert_eq!(s.symmetric_difference(&t).iter().collect::<Vec<_>>(), vec![200, 500]);
     }
 }

@@ -126,6 +126,26 @@ pub struct Changes {
     pub endpoints_changed: BTreeSet<EndpointId>,
 }
 
+impl Changes {
+    /// Folds a later `compile`'s changes into these, for a consumer that
+    /// applies several compiles at once. Consumers re-read the engine for
+    /// current state, so the union of what was touched is enough.
+    pub fn merge(&mut self, later: Changes) {
+        self.revision = later.revision;
+        self.identities_recompiled.extend(later.identities_recompiled);
+        self.identities_removed.extend(later.identities_removed);
+        self.selectors_changed.extend(later.selectors_changed);
+        self.endpoints_changed.extend(later.endpoints_changed);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.identities_recompiled.is_empty()
+            && self.identities_removed.is_empty()
+            && self.selectors_changed.is_empty()
+            && self.endpoints_changed.is_empty()
+    }
+}
+
 /// Cluster state and compiled policy. Pure: no I/O, no clock, no Linux.
 #[derive(Default)]
 pub struct Engine {
@@ -152,17 +172,43 @@ impl Engine {
     /// Loads a whole cluster and compiles it.
     pub fn from_cluster(cluster: &palisade_model::Cluster) -> Self {
         let mut engine = Engine::new();
+        engine.sync_cluster(cluster);
+        engine
+    }
+
+    /// Brings the engine to `cluster`'s state by upserting and removing
+    /// only what differs, then compiles: ids of unchanged objects stay, so
+    /// the returned changes are as small as the difference.
+    pub fn sync_cluster(&mut self, cluster: &palisade_model::Cluster) -> Changes {
+        let gone: Vec<(String, String)> = self
+            .policy_by_key
+            .keys()
+            .filter(|(ns, name)| !cluster.policies.iter().any(|p| &p.namespace == ns && &p.name == name))
+            .cloned()
+            .collect();
+        for (ns, name) in gone {
+            self.remove_policy(&ns, &name);
+        }
+        let keep: std::collections::HashSet<&EndpointKey> = cluster.endpoints.iter().map(|e| &e.key).collect();
+        let gone: Vec<EndpointKey> = self.endpoint_by_key.keys().filter(|k| !keep.contains(k)).cloned().collect();
+        for key in gone {
+            self.remove_endpoint(&key);
+        }
+        let gone: Vec<String> =
+            self.namespaces.0.keys().filter(|n| !cluster.namespaces.contains_key(*n)).cloned().collect();
+        for ns in gone {
+            self.remove_namespace(&ns);
+        }
         for ns in cluster.namespaces.values() {
-            engine.upsert_namespace(ns);
+            self.upsert_namespace(ns);
         }
         for ep in &cluster.endpoints {
-            engine.upsert_endpoint(ep.clone());
+            self.upsert_endpoint(ep.clone());
         }
         for p in &cluster.policies {
-            engine.upsert_policy(p.clone());
+            self.upsert_policy(p.clone());
         }
-        engine.compile();
-        engine
+        self.compile()
     }
 
     // ---- namespaces ----
@@ -274,6 +320,11 @@ impl Engine {
         &self.endpoints.get(id.0).expect("live endpoint").endpoint
     }
 
+    /// Whether `id` names a live endpoint (ids are recycled).
+    pub fn endpoint_exists(&self, id: EndpointId) -> bool {
+        self.endpoints.get(id.0).is_some()
+    }
+
     pub fn endpoint_identity(&self, id: EndpointId) -> IdentityId {
         self.endpoints.get(id.0).expect("live endpoint").identity
     }
@@ -284,6 +335,11 @@ impl Engine {
 
     pub fn identity(&self, id: IdentityId) -> &Identity {
         self.identities.get(id)
+    }
+
+    /// See [`Identities::shared`](crate::identity::Identities::shared).
+    pub fn identity_shared(&self, id: IdentityId) -> Arc<Identity> {
+        self.identities.shared(id)
     }
 
     pub fn identity_count(&self) -> usize {

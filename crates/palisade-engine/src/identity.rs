@@ -107,6 +107,12 @@ impl Identities {
         &self.slots.get(id.0).expect("live identity").identity
     }
 
+    /// A shared handle: stays valid after the identity is released, so a
+    /// consumer can remember what an endpoint's old identity was.
+    pub fn shared(&self, id: IdentityId) -> Arc<Identity> {
+        self.slots.get(id.0).expect("live identity").identity.clone()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (IdentityId, &Identity)> {
         self.slots.iter().map(|(i, s)| (IdentityId(i), &*s.identity))
     }

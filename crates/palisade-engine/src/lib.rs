@@ -8,7 +8,7 @@
 //! so a label change costs work proportional to what it touches. Pure: no
 //! I/O, no clock, no Linux.
 
-mod bitset;
+pub mod bitset;
 pub mod connset;
 pub mod diff;
 pub mod engine;
@@ -20,6 +20,7 @@ pub mod selector;
 mod slots;
 pub mod verdict;
 
+pub use bitset::BitSet;
 pub use connset::{ConnSet, PortRanges};
 pub use engine::{
     AllowEntry, Changes, CompiledIdentity, DirectionPolicy, EndpointId, Engine, PeerMatch, PolicyId, PortMatch,

@@ -108,6 +108,11 @@ impl SelectorCache {
         &self.slots.get(id.0).expect("live selector").members
     }
 
+    /// Whether `id` names a selector in use (ids are recycled).
+    pub fn is_live(&self, id: SelectorId) -> bool {
+        self.slots.get(id.0).is_some()
+    }
+
     pub fn selector(&self, id: SelectorId) -> &PeerSelector {
         &self.slots.get(id.0).expect("live selector").selector
     }

@@ -3,14 +3,14 @@
 //! machinery (no identities, no selector cache, no compilation), on random
 //! clusters and policies.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
-
 use palisade_engine::{Engine, Flow, FlowEnd, Matrix};
+use std::collections::BTreeMap;
+
 use palisade_model::{
-    Cluster, ContainerPort, Endpoint, EndpointKey, IpBlock, LabelSelector, Labels, Namespace, NamespaceScope,
-    NetworkPolicy, Peer, PeerSelector, PolicyPort, PortSpec, Protocol, Requirement, Rule,
+    Cluster, ContainerPort, Endpoint, EndpointKey, LabelSelector, Labels, Namespace, NamespaceScope, NetworkPolicy,
+    Peer, PolicyPort, PortSpec, Protocol, Rule,
 };
+use palisade_testkit::arb::*;
 use proptest::prelude::*;
 
 // ---------- the naive reference ----------
@@ -96,142 +96,6 @@ fn naive_allows(c: &Cluster, s: &Endpoint, d: &Endpoint, proto: Protocol, port: 
     side(c, s, d, false, proto, port, None).unwrap_or(true) && side(c, d, s, true, proto, port, None).unwrap_or(true)
 }
 
-// ---------- random clusters ----------
-
-const KEYS: &[&str] = &["app", "tier", "env"];
-const VALUES: &[&str] = &["a", "b", "c"];
-const NAMESPACES: &[&str] = &["n1", "n2", "n3"];
-const PORT_NAMES: &[&str] = &["http", "dns"];
-const PROBES: &[(Protocol, u16)] =
-    &[(Protocol::Tcp, 80), (Protocol::Tcp, 81), (Protocol::Udp, 53), (Protocol::Sctp, 80), (Protocol::Tcp, 8080)];
-
-fn labels() -> impl Strategy<Value = Labels> {
-    prop::collection::btree_map(prop::sample::select(KEYS), prop::sample::select(VALUES), 0..3)
-        .prop_map(|m| m.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
-}
-
-fn selector() -> impl Strategy<Value = LabelSelector> {
-    let req =
-        (prop::sample::select(KEYS), prop::sample::subsequence(VALUES, 1..3), 0..4u8).prop_map(|(k, vals, op)| {
-            let key = k.to_string();
-            let values: BTreeSet<String> = vals.iter().map(|v| v.to_string()).collect();
-            match op {
-                0 => Requirement::In { key, values },
-                1 => Requirement::NotIn { key, values },
-                2 => Requirement::Exists { key },
-                _ => Requirement::DoesNotExist { key },
-            }
-        });
-    prop::collection::vec(req, 0..3).prop_map(LabelSelector::from_requirements)
-}
-
-fn ip() -> impl Strategy<Value = IpAddr> {
-    prop_oneof![
-        (0u8..4, 0u8..4).prop_map(|(a, b)| IpAddr::from([10, 0, a, b])),
-        (0u16..4).prop_map(|a| IpAddr::from([0xfd00, 0, 0, 0, 0, 0, 0, a])),
-    ]
-}
-
-fn ip_block() -> impl Strategy<Value = IpBlock> {
-    prop_oneof![
-        (0u8..4, prop::option::of(0u8..4)).prop_map(|(a, ex)| IpBlock {
-            cidr: format!("10.0.{a}.0/24").parse().unwrap(),
-            except: ex.map(|b| format!("10.0.{a}.{b}/32").parse().unwrap()).into_iter().collect(),
-        }),
-        Just(IpBlock { cidr: "10.0.0.0/16".parse().unwrap(), except: vec!["10.0.1.0/24".parse().unwrap()] }),
-        Just(IpBlock { cidr: "0.0.0.0/0".parse().unwrap(), except: vec![] }),
-        Just(IpBlock { cidr: "fd00::/126".parse().unwrap(), except: vec!["fd00::1/128".parse().unwrap()] }),
-    ]
-}
-
-fn peer(ns: &'static str) -> impl Strategy<Value = Peer> {
-    prop_oneof![
-        selector()
-            .prop_map(move |pods| Peer::Selector(PeerSelector { namespaces: NamespaceScope::Named(ns.into()), pods })),
-        (selector(), selector())
-            .prop_map(|(n, pods)| Peer::Selector(PeerSelector { namespaces: NamespaceScope::Matching(n), pods })),
-        ip_block().prop_map(Peer::IpBlock),
-    ]
-}
-
-fn policy_port() -> impl Strategy<Value = PolicyPort> {
-    let proto = prop::sample::select(&[Protocol::Tcp, Protocol::Udp, Protocol::Sctp][..]);
-    let spec = prop_oneof![
-        Just(PortSpec::All),
-        prop::sample::select(&[53u16, 80, 81, 8080][..]).prop_map(|p| PortSpec::Range { start: p, end: p }),
-        Just(PortSpec::Range { start: 80, end: 81 }),
-        Just(PortSpec::Range { start: 81, end: 8080 }),
-        prop::sample::select(PORT_NAMES).prop_map(|n| PortSpec::Named(n.to_string())),
-    ];
-    (proto, spec).prop_map(|(protocol, port)| PolicyPort { protocol, port })
-}
-
-fn rule(ns: &'static str) -> impl Strategy<Value = Rule> {
-    (prop::collection::vec(peer(ns), 0..3), prop::collection::vec(policy_port(), 0..3))
-        .prop_map(|(peers, ports)| Rule { peers, ports })
-}
-
-fn policy(i: usize) -> impl Strategy<Value = NetworkPolicy> {
-    prop::sample::select(NAMESPACES).prop_flat_map(move |ns| {
-        (
-            selector(),
-            prop::option::of(prop::collection::vec(rule(ns), 0..3)),
-            prop::option::of(prop::collection::vec(rule(ns), 0..3)),
-        )
-            .prop_map(move |(pod_selector, ingress, egress)| NetworkPolicy {
-                namespace: ns.into(),
-                name: format!("p{i}"),
-                pod_selector,
-                ingress,
-                egress,
-            })
-    })
-}
-
-fn endpoint(i: usize) -> impl Strategy<Value = Endpoint> {
-    let ports = prop::collection::vec(
-        (
-            prop::sample::select(PORT_NAMES),
-            prop::sample::select(&[Protocol::Tcp, Protocol::Udp][..]),
-            prop::sample::select(&[53u16, 80, 81, 8080][..]),
-        ),
-        0..3,
-    );
-    (
-        prop::sample::select(NAMESPACES),
-        labels(),
-        prop::collection::vec(ip(), 0..2),
-        ports,
-        prop::bool::weighted(0.1),
-        prop::option::of(0..2u8),
-    )
-        .prop_map(move |(ns, labels, ips, ports, host_network, node)| Endpoint {
-            key: EndpointKey::pod(ns, &format!("e{i}")),
-            labels,
-            ips,
-            ports: ports
-                .into_iter()
-                .map(|(n, protocol, port)| ContainerPort { name: Some(n.into()), protocol, port })
-                .collect(),
-            host_network,
-            node: node.map(|n| format!("node-{n}")),
-        })
-}
-
-fn cluster() -> impl Strategy<Value = Cluster> {
-    let endpoints = (1..7usize).prop_flat_map(|n| (0..n).map(endpoint).collect::<Vec<_>>());
-    let policies = (0..5usize).prop_flat_map(|n| (0..n).map(policy).collect::<Vec<_>>());
-    let ns_labels = prop::collection::vec(labels(), 3);
-    (endpoints, policies, ns_labels).prop_map(|(endpoints, policies, ns_labels)| {
-        let mut namespaces = BTreeMap::new();
-        for (ns, mut labels) in NAMESPACES.iter().zip(ns_labels) {
-            labels.insert(palisade_model::NAMESPACE_NAME_LABEL.into(), ns.to_string());
-            namespaces.insert(ns.to_string(), Namespace { name: ns.to_string(), labels });
-        }
-        Cluster { namespaces, endpoints, policies, nodes: vec![], services: vec![] }
-    })
-}
-
 fn all_flows(engine: &Engine) -> Vec<(Flow, usize, usize)> {
     let ids: Vec<_> = engine.endpoints().map(|(id, _)| id).collect();
     let mut out = Vec::new();
@@ -243,6 +107,24 @@ fn all_flows(engine: &Engine) -> Vec<(Flow, usize, usize)> {
         }
     }
     out
+}
+
+/// Both engines give every pair of `c`'s endpoints the same verdicts.
+fn same_verdicts(a: &Engine, b: &Engine, c: &Cluster) -> Result<(), TestCaseError> {
+    for e in &c.endpoints {
+        for f in &c.endpoints {
+            for &(protocol, port) in PROBES {
+                let flow = |en: &Engine| Flow {
+                    src: FlowEnd::Endpoint(en.endpoint_id(&e.key).unwrap()),
+                    dst: FlowEnd::Endpoint(en.endpoint_id(&f.key).unwrap()),
+                    protocol,
+                    port,
+                };
+                prop_assert_eq!(a.allows(&flow(a)), b.allows(&flow(b)), "{} -> {}", e.key, f.key);
+            }
+        }
+    }
+    Ok(())
 }
 
 proptest! {
@@ -302,18 +184,7 @@ proptest! {
         }
         engine.compile();
         let fresh = Engine::from_cluster(&end);
-        for e in &end.endpoints {
-            for f in &end.endpoints {
-                for &(protocol, port) in PROBES {
-                    let flow = |en: &Engine| Flow {
-                        src: FlowEnd::Endpoint(en.endpoint_id(&e.key).unwrap()),
-                        dst: FlowEnd::Endpoint(en.endpoint_id(&f.key).unwrap()),
-                        protocol, port,
-                    };
-                    prop_assert_eq!(engine.allows(&flow(&engine)), fresh.allows(&flow(&fresh)), "{} -> {}", e.key, f.key);
-                }
-            }
-        }
+        same_verdicts(&engine, &fresh, &end)?;
     }
 
     /// Adding a policy never opens a flow that it does not itself allow:
@@ -387,5 +258,21 @@ fn regression_named_port_declared_twice_by_merged_replicas() {
             "port {port}"
         );
         assert_eq!(engine.allows(&flow), port != 81);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// `sync_cluster` (upsert and remove only what differs) ends in the
+    /// same verdicts as loading the target cluster from scratch.
+    #[test]
+    fn sync_cluster_equals_from_scratch(start in cluster(), end in cluster()) {
+        let mut engine = Engine::from_cluster(&start);
+        engine.sync_cluster(&end);
+        let fresh = Engine::from_cluster(&end);
+        same_verdicts(&engine, &fresh, &end)?;
+        prop_assert_eq!(engine.endpoints().count(), end.endpoints.iter().map(|e| &e.key).collect::<std::collections::BTreeSet<_>>().len());
+        prop_assert_eq!(engine.policies().count(), fresh.policies().count());
     }
 }

@@ -2,15 +2,14 @@
 //! and the rules each node's kernel holds. Probes every ordered pair of pods
 //! and compares what the kernel did with what the engine says.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use palisade_dataplane::netns::Netns;
-use palisade_dataplane::nft::NftError;
-use palisade_dataplane::{compile_node, DenyAction, Options, Ruleset};
-use palisade_engine::{EndpointId, Engine, Flow, FlowEnd};
+use palisade_dataplane::{ApplyError, DenyAction, NodeCompiler, Options};
+use palisade_engine::{Changes, EndpointId, Engine, Flow, FlowEnd};
 use palisade_model::{Cluster, EndpointKey, Protocol};
 use serde::Serialize;
 
@@ -31,7 +30,7 @@ pub enum LabError {
     Apply {
         node: String,
         #[source]
-        source: NftError,
+        source: ApplyError,
     },
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
@@ -90,7 +89,10 @@ pub struct Lab {
     pub topology: Topology,
     pub engine: Engine,
     pub cluster: Cluster,
-    rules: Vec<Option<Ruleset>>,
+    /// One incremental compiler per node, holding what its kernel has.
+    compilers: Vec<NodeCompiler>,
+    /// Engine changes not yet in the kernels.
+    pending: Changes,
     opts: LabOptions,
     served: BTreeSet<(Protocol, u16)>,
     /// Patches the kernel refused, each followed by a full replace.
@@ -110,31 +112,21 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, LabError> {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(LabError::Runtime)
 }
 
-/// Compiles node `node`'s rules from the engine and puts them in its
-/// kernel: a patch from `old` if given, else an atomic replace of the table.
-pub fn apply_node(
-    plan: &Plan,
-    engine: &Engine,
-    node: usize,
-    deny: DenyAction,
-    old: Option<&Ruleset>,
-) -> Result<Ruleset, LabError> {
-    // Local pods, with the node side of their veth (for anti-spoofing).
-    let host_if: HashMap<EndpointId, &str> = engine
-        .endpoints()
-        .filter_map(|(id, ep)| Some((id, &plan.pods[plan.pod(&ep.key)?])))
-        .filter(|(_, pod)| pod.node == node)
-        .map(|(id, pod)| (id, pod.host_if.as_str()))
-        .collect();
-    let table = Options { table: "palisade".into(), deny };
-    let desired = compile_node(engine, |id| host_if.get(&id).map(|s| s.to_string()), &table);
-    let tx = match old {
-        None => desired.full_transaction(&table.table),
-        Some(old) => desired.diff_transaction(old, &table.table),
-    };
+/// Which endpoints run on node `node`, with the node side of their veth
+/// (for anti-spoofing).
+pub fn pod_iface<'a>(plan: &'a Plan, engine: &'a Engine, node: usize) -> impl Fn(EndpointId) -> Option<String> + 'a {
+    move |id| {
+        let pod = &plan.pods[plan.pod(&engine.endpoint(id).key)?];
+        (pod.node == node).then(|| pod.host_if.clone())
+    }
+}
+
+/// Compiles node `node`'s whole ruleset and replaces its table atomically.
+pub fn apply_node(plan: &Plan, engine: &Engine, node: usize, deny: DenyAction) -> Result<(), LabError> {
+    let mut compiler = NodeCompiler::new(Options { table: "palisade".into(), deny });
+    let tx = compiler.resync(engine, &pod_iface(plan, engine, node));
     tx.apply_in(Some(&plan.nodes[node].netns))
-        .map_err(|source| LabError::Apply { node: plan.nodes[node].name.clone(), source })?;
-    Ok(desired)
+        .map_err(|e| LabError::Apply { node: plan.nodes[node].name.clone(), source: e.into() })
 }
 
 /// Ends established flows the engine now denies, on every node.
@@ -176,8 +168,20 @@ impl Lab {
             }
         }
         let engine = Engine::from_cluster(&lab_cluster);
-        let rules = vec![None; topology.plan.nodes.len()];
-        Ok(Lab { runtime, _servers: servers, topology, engine, cluster: lab_cluster, rules, opts, served, resyncs: 0 })
+        let table = Options { table: "palisade".into(), deny: opts.deny };
+        let compilers = topology.plan.nodes.iter().map(|_| NodeCompiler::new(table.clone())).collect();
+        Ok(Lab {
+            runtime,
+            _servers: servers,
+            topology,
+            engine,
+            cluster: lab_cluster,
+            compilers,
+            pending: Changes::default(),
+            opts,
+            served,
+            resyncs: 0,
+        })
     }
 
     /// On SIGINT or SIGTERM: delete the lab's namespaces and exit 130, so
@@ -205,26 +209,35 @@ impl Lab {
     }
 
     /// Puts the engine's current decisions into every node's kernel: the
-    /// first time as a full table, then as patches. One transaction per node.
+    /// first time as a full table, then as patches of what changed. One
+    /// transaction per node.
     pub fn apply(&mut self) -> Result<Duration, LabError> {
         let started = Instant::now();
-        for node in 0..self.topology.plan.nodes.len() {
-            let old = self.rules[node].take();
-            let rules = match apply_node(&self.topology.plan, &self.engine, node, self.opts.deny, old.as_ref()) {
-                Ok(rules) => rules,
+        let changes = std::mem::take(&mut self.pending);
+        let plan = &self.topology.plan;
+        for (node, compiler) in self.compilers.iter_mut().enumerate() {
+            let iface = pod_iface(plan, &self.engine, node);
+            let update = compiler.update(&self.engine, &changes, &iface);
+            let netns = &plan.nodes[node].netns;
+            let error = |e: ApplyError| LabError::Apply { node: plan.nodes[node].name.clone(), source: e };
+            match update.apply_in(Some(netns)) {
+                Ok(()) => {}
                 // A refused patch changed nothing (one transaction): resync
                 // by replacing the table atomically, and say so.
-                Err(e) if old.is_some() => {
+                Err(e) if update.full.is_none() => {
                     self.resyncs += 1;
                     eprintln!(
                         "palisade lab: patch refused, replacing the table: {e}: {:?}",
                         std::error::Error::source(&e)
                     );
-                    apply_node(&self.topology.plan, &self.engine, node, self.opts.deny, None)?
+                    compiler.reset();
+                    compiler.resync(&self.engine, &iface).apply_in(Some(netns)).map_err(|e| error(e.into()))?;
                 }
-                Err(e) => return Err(e),
-            };
-            self.rules[node] = Some(rules);
+                Err(e) => {
+                    compiler.reset();
+                    return Err(error(e));
+                }
+            }
         }
         if !self.opts.keep_established {
             end_denied_flows(&self.topology.plan, &self.engine)?;
@@ -237,7 +250,7 @@ impl Lab {
     /// the kernels.
     pub fn update(&mut self, cluster: &Cluster) -> Result<(), LabError> {
         let next = self.topology.plan.adopt(cluster)?;
-        self.engine = Engine::from_cluster(&next);
+        self.pending.merge(self.engine.sync_cluster(&next));
         self.cluster = next;
         Ok(())
     }
@@ -245,7 +258,7 @@ impl Lab {
     /// Forgets what the kernels hold, as a freshly started process would:
     /// the next [`apply`](Self::apply) replaces each table atomically.
     pub fn forget_rules(&mut self) {
-        self.rules.iter_mut().for_each(|r| *r = None);
+        self.compilers.iter_mut().for_each(NodeCompiler::reset);
     }
 
     /// Probes every ordered pair of distinct pods on every port, in

@@ -207,4 +207,5 @@ fn no_probe_is_ever_allowed_that_the_engine_forbids() {
         violations.join("\n")
     );
     assert_eq!(wrongly_denied, 0, "probes refused although every state in their window allowed them");
+    assert_eq!(lab.resyncs, 0, "every change must be a patch the kernel accepts (see the lab's log above)");
 }

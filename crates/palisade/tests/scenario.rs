@@ -336,13 +336,5 @@ pub fn run_lab(manifests: &[Value], ports: &[String], extra: &[&str]) -> Result<
 
 /// Root is needed for network namespaces. Skips loudly otherwise, and fails
 /// instead when CI=true or PALISADE_REQUIRE_PRIVILEGED=1.
-pub fn privileged(test: &str) -> bool {
-    let root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
-    let required = std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var("PALISADE_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1");
-    if !root {
-        assert!(!required, "{test} needs root (CI=true or PALISADE_REQUIRE_PRIVILEGED=1 forbids skipping)");
-        eprintln!("\n*** SKIPPED: {test} needs root to create network namespaces ***\n");
-    }
-    root
-}
+#[allow(unused_imports)]
+pub use palisade_testkit::privileged;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use palisade_dataplane::netns::{Netns, OwnedNetns};
-use palisade_dataplane::{compile, DenyAction, Options, Ruleset};
+use palisade_dataplane::{DenyAction, NodeCompiler, Options};
 use palisade_engine::Engine;
 use palisade_lab::probe::{connect_tcp, echo};
 use palisade_lab::{Lab, LabOptions};
@@ -247,11 +247,17 @@ fn apply_times(args: &BenchDataplaneArgs, out: &mut dyn Write) -> Result<()> {
     // The node of the generated cluster's first pod, and its pods.
     let node = cluster.endpoints.first().and_then(|e| e.node.clone());
     let local = |engine: &Engine, id| engine.endpoint(id).node == node;
+    let iface = |engine: &Engine, id| local(engine, id).then(String::new);
     let start = Instant::now();
-    let full: Ruleset = compile(&engine, |id| local(&engine, id), &opts);
+    let mut compiler = NodeCompiler::new(opts.clone());
+    let tx = compiler.resync(&engine, &|id| iface(&engine, id));
     let compiled = start.elapsed();
-    full.full_transaction("palisade").apply_in(Some(&ns.name))?;
+    tx.apply_in(Some(&ns.name))?;
     let full_time = start.elapsed();
+    if let Ok(dir) = std::env::var("PALISADE_BENCH_DUMP") {
+        std::fs::write(format!("{dir}/full.nft"), tx.render())?;
+    }
+    let full = compiler.ruleset();
     let elements: usize = full.sets.values().map(|(_, e)| e.len()).sum();
     writeln!(
         out,
@@ -265,22 +271,97 @@ fn apply_times(args: &BenchDataplaneArgs, out: &mut dyn Write) -> Result<()> {
         full_time.as_secs_f64() * 1e3,
         compiled.as_secs_f64() * 1e3
     )?;
-    // One pod relabelled, ten times: engine update + ruleset + diff + nft.
-    let mut old = full;
-    let mut times = Vec::new();
-    for i in 0..10 {
-        let (id, mut ep) = engine.endpoints().map(|(id, e)| (id, e.clone())).nth(i * 7).expect("pods");
-        let _ = id;
-        ep.labels.insert("version".into(), format!("bench-{i}"));
-        let start = Instant::now();
-        engine.upsert_endpoint(ep);
-        engine.compile();
-        let new = compile(&engine, |id| local(&engine, id), &opts);
-        new.diff_transaction(&old, "palisade").apply_in(Some(&ns.name))?;
-        times.push(start.elapsed().as_secs_f64() * 1e3);
-        old = new;
+    // Single-pod changes on this node, ten of each kind, end to end
+    // (engine update + incremental compile + kernel). A new pod and a
+    // deleted pod change only set and map elements (netlink); a relabel to
+    // labels no pod had makes a new identity with its own chains (nft -f).
+    let locals: Vec<_> = engine.endpoints().filter(|(id, _)| local(&engine, *id)).map(|(_, e)| e.clone()).collect();
+    anyhow::ensure!(locals.len() >= 10, "the node has fewer than 10 pods");
+    let kinds: [(&str, &MakeChange); 3] = [
+        ("pod added", &|i, ep| {
+            let mut new = ep.clone();
+            new.key.name = format!("bench-new-{i}");
+            new.ips = vec![std::net::IpAddr::from([10, 255, 200, i as u8])];
+            Change::Upsert(new)
+        }),
+        ("pod deleted", &|i, ep| Change::Remove(EndpointKey { name: format!("bench-new-{i}"), ..ep.key.clone() })),
+        ("pod relabelled (new identity)", &|i, ep| {
+            let mut new = ep.clone();
+            new.labels.insert("version".into(), format!("bench-{i}"));
+            Change::Upsert(new)
+        }),
+    ];
+    for (kind, make) in kinds {
+        let (mut times, mut compile_times, mut ops, mut fast) = (Vec::new(), Vec::new(), 0, 0);
+        for (i, ep) in locals.iter().take(10).enumerate() {
+            let change = make(i, ep);
+            let start = Instant::now();
+            match change {
+                Change::Upsert(ep) => drop(engine.upsert_endpoint(ep)),
+                Change::Remove(key) => drop(engine.remove_endpoint(&key)),
+            }
+            let changes = engine.compile();
+            let update = compiler.update(&engine, &changes, &|id| iface(&engine, id));
+            compile_times.push(start.elapsed().as_secs_f64() * 1e3);
+            anyhow::ensure!(update.full.is_none(), "the update was not incremental: {:?}", update.full);
+            ops += update.transaction.ops.len();
+            fast += usize::from(update.elements.is_some());
+            update.apply_in(Some(&ns.name))?;
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(|a, b| a.total_cmp(b));
+        compile_times.sort_by(|a, b| a.total_cmp(b));
+        writeln!(
+            out,
+            "single-pod change, {kind}: median {:.1} ms, max {:.1} ms end to end (compile {:.2} ms; {} ops; {fast}/10 over netlink)",
+            times[5],
+            times[9],
+            compile_times[5],
+            ops / 10
+        )?;
     }
-    times.sort_by(|a, b| a.total_cmp(b));
-    writeln!(out, "single-pod change (relabel), end to end: median {:.1} ms, max {:.1} ms", times[5], times[9])?;
+    element_floor(&ns.name, out)
+}
+
+/// The kernel's own cost of one element added and one removed over
+/// netlink, in a table with one empty set: the floor under a single-pod
+/// change (removal waits for an RCU grace period in the kernel's commit).
+fn element_floor(netns: &str, out: &mut dyn Write) -> Result<()> {
+    use palisade_dataplane::nfnetlink::ElementBatch;
+    use palisade_dataplane::nft::{run_nft_in, KeyType, Op, Transaction};
+    run_nft_in(Some(netns), &["-f", "-"], Some("table inet floor {\n set s { type ipv4_addr; }\n}\n"))?;
+    let keys = |_: &str| Some(KeyType(vec!["ipv4_addr"]));
+    let (mut adds, mut dels) = (Vec::new(), Vec::new());
+    for i in 0..10u8 {
+        for (add, times) in [(true, &mut adds), (false, &mut dels)] {
+            let elements = vec![format!("10.9.9.{i}")];
+            let op = if add {
+                Op::AddElements { set: "s".into(), elements }
+            } else {
+                Op::DeleteElements { set: "s".into(), elements }
+            };
+            let mut tx = Transaction::new("floor");
+            tx.push(op);
+            let batch = ElementBatch::from_transaction(&tx, keys)?.expect("element batch");
+            let start = Instant::now();
+            batch.apply_in(Some(netns))?;
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    adds.sort_by(|a, b| a.total_cmp(b));
+    dels.sort_by(|a, b| a.total_cmp(b));
+    writeln!(
+        out,
+        "kernel floor, one element in an otherwise empty table over netlink: add median {:.1} ms, delete median {:.1} ms",
+        adds[5], dels[5]
+    )?;
     Ok(())
+}
+
+/// A single-pod change of the i-th local pod.
+type MakeChange = dyn Fn(usize, &Endpoint) -> Change;
+
+enum Change {
+    Upsert(Endpoint),
+    Remove(EndpointKey),
 }

@@ -127,7 +127,7 @@ pub fn apply(args: &LabApplyArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
     let deny = deny_action(if state.deny == "reject" { DenyArg::Reject } else { DenyArg::Drop });
     let started = Instant::now();
     for node in 0..state.plan.nodes.len() {
-        apply_node(&state.plan, &engine, node, deny, None)?;
+        apply_node(&state.plan, &engine, node, deny)?;
     }
     if !state.keep_established {
         end_denied_flows(&state.plan, &engine)?;

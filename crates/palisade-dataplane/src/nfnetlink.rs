@@ -1,0 +1,292 @@
+//! Set and map element changes written to nf_tables over netlink, without
+//! the `nft` tool: one batch, which the kernel commits all or nothing, like
+//! `nft -f`. Why: `nft` lists every chain and set of the table before any
+//! element change (~15 ms at 1,300 chains and 700 sets), while the common
+//! single-pod change (a pod added, removed or moved to an identity that
+//! already has chains) only touches elements. Anything else goes through
+//! `nft -f`, which stays the one place rules are written.
+//!
+//! Only the key types Palisade's sets use are encoded: `ipv4_addr`,
+//! `ipv6_addr`, `ifname`, `inet_service` and their concatenations, with
+//! `verdict` map data limited to `jump CHAIN`.
+
+use std::io::Read;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::netns::Netns;
+use crate::nft::{KeyType, Op, Transaction};
+
+const NETLINK_NETFILTER: i32 = 12;
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_DELSETELEM: u16 = 14;
+const NLMSG_ERROR: u16 = 2;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_ACK: u16 = 4;
+const NLM_F_CREATE: u16 = 0x400;
+const NLA_F_NESTED: u16 = 0x8000;
+const NFPROTO_INET: u8 = 1;
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CODE: u16 = 1;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+const NFT_JUMP: i32 = -3;
+const IFNAMSIZ: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("element {element:?} of set {set}: {reason}")]
+    Encode { set: String, element: String, reason: String },
+    #[error("netlink: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("entering the network namespace: {0}")]
+    Netns(#[from] crate::netns::NetnsError),
+    #[error("the kernel refused the element batch (nothing was changed): {0}")]
+    Refused(std::io::Error),
+}
+
+/// A typed element change, ready for the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Element {
+    key: Vec<u8>,
+    jump: Option<String>,
+}
+
+/// Element changes of one transaction, in order, with their encodings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ElementBatch {
+    table: String,
+    ops: Vec<(bool, String, Vec<Element>)>,
+}
+
+impl ElementBatch {
+    /// The element ops of `tx` encoded with the key types `key_of` gives,
+    /// or `None` if `tx` does anything but change elements.
+    pub fn from_transaction(
+        tx: &Transaction,
+        key_of: impl Fn(&str) -> Option<KeyType>,
+    ) -> Result<Option<ElementBatch>, NetlinkError> {
+        let mut batch = ElementBatch { table: tx.table.clone(), ops: Vec::new() };
+        for op in &tx.ops {
+            let (add, set, elements) = match op {
+                Op::AddElements { set, elements } => (true, set, elements),
+                Op::DeleteElements { set, elements } => (false, set, elements),
+                _ => return Ok(None),
+            };
+            let Some(key) = key_of(set) else { return Ok(None) };
+            let encoded = elements.iter().map(|e| encode(&key, set, e)).collect::<Result<_, _>>()?;
+            batch.ops.push((add, set.clone(), encoded));
+        }
+        Ok(Some(batch))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Sends the batch inside `netns` (this namespace if `None`) and waits
+    /// for the kernel's verdict on every message.
+    pub fn apply_in(&self, netns: Option<&str>) -> Result<(), NetlinkError> {
+        if self.ops.is_empty() {
+            return Ok(());
+        }
+        let open = || Socket::new(Domain::from(af_netlink()), Type::RAW, Some(Protocol::from(NETLINK_NETFILTER)));
+        let socket = match netns {
+            Some(name) => Netns::named(name).enter(open)??,
+            None => open()?,
+        };
+        socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let (wire, expected) = self.encode();
+        socket.send(&wire)?;
+        let mut acked = 0;
+        let mut buf = vec![0u8; 65536];
+        while acked < expected {
+            let n = (&socket).read(&mut buf)?;
+            let mut at = 0;
+            while at + 16 <= n {
+                let len = u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
+                let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().expect("2 bytes"));
+                if kind == NLMSG_ERROR && at + 20 <= n {
+                    let code = i32::from_ne_bytes(buf[at + 16..at + 20].try_into().expect("4 bytes"));
+                    if code != 0 {
+                        return Err(NetlinkError::Refused(std::io::Error::from_raw_os_error(-code)));
+                    }
+                    acked += 1;
+                }
+                if len == 0 {
+                    break;
+                }
+                at += (len + 3) & !3;
+            }
+        }
+        Ok(())
+    }
+
+    /// The batch on the wire, and how many acknowledgements to wait for.
+    fn encode(&self) -> (Vec<u8>, usize) {
+        let mut out = Vec::new();
+        let mut seq = 1;
+        message(&mut out, NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, 0, NFNL_SUBSYS_NFTABLES, |_| {});
+        for (add, set, elements) in &self.ops {
+            seq += 1;
+            let (kind, flags) = if *add {
+                (NFT_MSG_NEWSETELEM, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE)
+            } else {
+                (NFT_MSG_DELSETELEM, NLM_F_REQUEST | NLM_F_ACK)
+            };
+            message(&mut out, (NFNL_SUBSYS_NFTABLES << 8) | kind, flags, seq, NFPROTO_INET, 0, |m| {
+                attr(m, NFTA_SET_ELEM_LIST_TABLE, &cstr(&self.table));
+                attr(m, NFTA_SET_ELEM_LIST_SET, &cstr(set));
+                nested(m, NFTA_SET_ELEM_LIST_ELEMENTS, |m| {
+                    for e in elements {
+                        nested(m, NFTA_LIST_ELEM, |m| {
+                            nested(m, NFTA_SET_ELEM_KEY, |m| attr(m, NFTA_DATA_VALUE, &e.key));
+                            if let Some(chain) = &e.jump {
+                                nested(m, NFTA_SET_ELEM_DATA, |m| {
+                                    nested(m, NFTA_DATA_VERDICT, |m| {
+                                        attr(m, NFTA_VERDICT_CODE, &NFT_JUMP.to_be_bytes());
+                                        attr(m, NFTA_VERDICT_CHAIN, &cstr(chain));
+                                    })
+                                });
+                            }
+                        });
+                    }
+                });
+            });
+        }
+        seq += 1;
+        message(&mut out, NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq, 0, NFNL_SUBSYS_NFTABLES, |_| {});
+        (out, self.ops.len())
+    }
+}
+
+fn af_netlink() -> i32 {
+    16 // AF_NETLINK
+}
+
+/// One netlink message with an nfgenmsg header.
+fn message(
+    out: &mut Vec<u8>,
+    kind: u16,
+    flags: u16,
+    seq: u32,
+    family: u8,
+    res_id: u16,
+    body: impl FnOnce(&mut Vec<u8>),
+) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]); // length, patched below
+    out.extend_from_slice(&kind.to_ne_bytes());
+    out.extend_from_slice(&flags.to_ne_bytes());
+    out.extend_from_slice(&seq.to_ne_bytes());
+    out.extend_from_slice(&0u32.to_ne_bytes());
+    out.push(family);
+    out.push(0); // NFNETLINK_V0
+    out.extend_from_slice(&res_id.to_be_bytes());
+    body(out);
+    let len = (out.len() - start) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_ne_bytes());
+}
+
+fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
+    out.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+    out.extend_from_slice(&kind.to_ne_bytes());
+    out.extend_from_slice(payload);
+    while !out.len().is_multiple_of(4) {
+        out.push(0);
+    }
+}
+
+fn nested(out: &mut Vec<u8>, kind: u16, body: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 2]);
+    out.extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
+    body(out);
+    let len = (out.len() - start) as u16;
+    out[start..start + 2].copy_from_slice(&len.to_ne_bytes());
+}
+
+fn cstr(s: &str) -> Vec<u8> {
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    v
+}
+
+/// Parses one element as Palisade renders it (`a . b`, `key : jump chain`,
+/// interface names quoted) into key bytes: each field of a concatenation
+/// padded to 4 bytes, as nft lays out registers.
+fn encode(key: &KeyType, set: &str, element: &str) -> Result<Element, NetlinkError> {
+    let err = |reason: String| NetlinkError::Encode { set: set.into(), element: element.into(), reason };
+    let (key_text, jump) = match element.split_once(" : ") {
+        Some((k, verdict)) => {
+            let chain = verdict.strip_prefix("jump ").ok_or_else(|| err(format!("unsupported verdict {verdict:?}")))?;
+            (k, Some(chain.to_string()))
+        }
+        None => (element, None),
+    };
+    let fields: Vec<&str> = key_text.split(" . ").collect();
+    if fields.len() != key.0.len() {
+        return Err(err(format!("{} fields for key type {key}", fields.len())));
+    }
+    let mut bytes = Vec::new();
+    for (ty, text) in key.0.iter().zip(fields) {
+        let mut field = match *ty {
+            "ipv4_addr" | "ipv6_addr" => match text.parse::<IpAddr>() {
+                Ok(IpAddr::V4(a)) if *ty == "ipv4_addr" => a.octets().to_vec(),
+                Ok(IpAddr::V6(a)) if *ty == "ipv6_addr" => a.octets().to_vec(),
+                _ => return Err(err(format!("{text:?} is not an {ty}"))),
+            },
+            "ifname" => {
+                let name = text.trim_matches('"');
+                if name.len() >= IFNAMSIZ {
+                    return Err(err(format!("interface name {name:?} is too long")));
+                }
+                let mut v = name.as_bytes().to_vec();
+                v.resize(IFNAMSIZ, 0);
+                v
+            }
+            "inet_service" => {
+                let port: u16 = text.parse().map_err(|_| err(format!("{text:?} is not a port")))?;
+                port.to_be_bytes().to_vec()
+            }
+            other => return Err(err(format!("key type {other} is not supported over netlink"))),
+        };
+        if key.0.len() > 1 {
+            field.resize(field.len().div_ceil(4) * 4, 0);
+        }
+        bytes.extend(field);
+    }
+    Ok(Element { key: bytes, jump })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_laid_out_as_nft_registers() {
+        let k = |types: &[&'static str]| KeyType(types.to_vec());
+        assert_eq!(encode(&k(&["ipv4_addr"]), "s", "10.0.0.1").unwrap().key, vec![10, 0, 0, 1]);
+        let e = encode(&k(&["ipv4_addr", "inet_service"]), "s", "10.0.0.1 . 8080").unwrap();
+        assert_eq!(e.key, vec![10, 0, 0, 1, 0x1f, 0x90, 0, 0]);
+        let e = encode(&k(&["ifname", "ipv4_addr"]), "s", "\"veth1\" . 10.0.0.1").unwrap();
+        assert_eq!(e.key.len(), 20);
+        assert_eq!(&e.key[..5], b"veth1");
+        let e = encode(&k(&["ipv6_addr"]), "m", "fd00::1 : jump ingress_x_id3").unwrap();
+        assert_eq!(e.jump.as_deref(), Some("ingress_x_id3"));
+        assert_eq!(e.key.len(), 16);
+        assert!(encode(&k(&["ipv4_addr"]), "s", "fd00::1").is_err());
+        assert!(encode(&k(&["ipv4_addr"]), "m", "10.0.0.1 : drop").is_err());
+    }
+}
