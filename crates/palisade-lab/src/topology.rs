@@ -73,6 +73,10 @@ impl Topology {
             // Probes are thousands of short connections: without this their
             // TIME_WAIT entries (120 s) fill the node's conntrack table.
             ns.sysctl("net.netfilter.nf_conntrack_tcp_timeout_time_wait", "5")?;
+            // A flow whose conntrack entry a policy change removed must not
+            // be picked up again mid-stream (by either end) as if new: only
+            // a SYN starts a TCP flow, anything else is invalid and dropped.
+            ns.sysctl("net.netfilter.nf_conntrack_tcp_loose", "0")?;
             let mut s = format!("route add default via {EXTERNAL_V4}\n");
             if v6 {
                 writeln!(s, "route add ::/0 via {EXTERNAL_V6}").unwrap();
