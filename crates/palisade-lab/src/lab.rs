@@ -151,6 +151,9 @@ impl Lab {
     ) -> Result<Lab, LabError> {
         let runtime = runtime()?;
         let (plan, lab_cluster) = Plan::new(cluster, opts.nodes, run_id)?;
+        // Before the first namespace exists: Ctrl-C during a long build
+        // must not leave half a lab behind.
+        teardown_on_signal(&runtime, plan.clone());
         let topology = Topology::build(plan, progress)?;
         // Every pod serves every port any pod declares, and the probe ports:
         // a probe that fails then fails because of policy, never for want
@@ -182,25 +185,6 @@ impl Lab {
             served,
             resyncs: 0,
         })
-    }
-
-    /// On SIGINT or SIGTERM: delete the lab's namespaces and exit 130, so
-    /// an interrupted run leaves nothing behind.
-    pub fn teardown_on_signal(&self) {
-        let plan = self.topology.plan.clone();
-        self.runtime.spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
-                return;
-            };
-            tokio::select! {
-                _ = int.recv() => {},
-                _ = term.recv() => {},
-            }
-            eprintln!("\ninterrupted: removing the lab's network namespaces");
-            crate::topology::delete_plan(&plan);
-            std::process::exit(130);
-        });
     }
 
     /// Every (protocol, port) some pod serves.
@@ -266,6 +250,24 @@ impl Lab {
     pub fn probe(&self, ports: &[(Protocol, u16)]) -> Vec<ProbeResult> {
         probe_pairs(&self.runtime, &self.topology.plan, &self.engine, ports, &self.opts)
     }
+}
+
+/// On SIGINT or SIGTERM: delete the lab's namespaces and exit 130, so an
+/// interrupted run leaves nothing behind.
+fn teardown_on_signal(runtime: &tokio::runtime::Runtime, plan: Plan) {
+    runtime.spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {},
+            _ = term.recv() => {},
+        }
+        eprintln!("\ninterrupted: removing the lab's network namespaces");
+        crate::topology::delete_plan(&plan);
+        std::process::exit(130);
+    });
 }
 
 /// Probes every ordered pair of distinct pods of `plan` on every port, in

@@ -158,7 +158,6 @@ pub fn run(args: &BenchDataplaneArgs, out: &mut dyn Write) -> Result<()> {
     let opts = LabOptions { deny: DenyAction::Drop, ..LabOptions::default() };
     let run_id = format!("{}b", std::process::id());
     let mut lab = Lab::start(&cluster, &run_id, &[], opts, |_, _| {})?;
-    lab.teardown_on_signal();
     let plan = lab.topology.plan.clone();
     let pod = |name: &str| plan.pods.iter().find(|p| p.key.name == name).expect("bench pod");
     let client = Netns::named(&pod("client").netns);

@@ -76,7 +76,6 @@ pub fn start(build: &LabBuildArgs, ui: &Ui, timeout: Duration) -> Result<(Lab, V
     let run_id = std::process::id().to_string();
     let tty = std::io::stderr().is_terminal();
     let lab = Lab::start(&cluster, &run_id, &ports, opts, progress(tty)).context("starting the lab")?;
-    lab.teardown_on_signal();
     for (key, why) in &lab.topology.plan.skipped {
         ui.warn(&format!("{key}: not probed ({why})"));
     }

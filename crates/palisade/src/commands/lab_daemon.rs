@@ -112,7 +112,7 @@ pub fn serve(args: &LabUpArgs, ui: &Ui) -> Result<()> {
     };
     state.save()?;
     eprintln!("lab {:?} up: process {}", args.name, state.pid);
-    // `teardown_on_signal` (set up by `start`) deletes the namespaces and exits.
+    // `Lab::start` set up the signal handler: it deletes the namespaces and exits.
     loop {
         std::thread::park();
     }
