@@ -18,7 +18,7 @@ use palisade_engine::{BitSet, Changes, EndpointId, Engine, Identity, IdentityId,
 use palisade_model::Direction;
 
 use crate::chains::{identity_chain, selector_tag, SetRequest};
-use crate::nfnetlink::{ElementBatch, NetlinkError};
+use crate::nfnetlink::{ElementBatch, NetlinkError, NetlinkSession};
 use crate::nft::{ChainDef, NftError, Op, Rule, Transaction};
 use crate::ruleset::{local_elements, Options, Ruleset};
 
@@ -106,13 +106,18 @@ pub enum ApplyError {
 }
 
 impl Update {
-    /// Applies the change in `netns` (this namespace if `None`): over
-    /// netlink when it only changes elements, else with `nft -f`.
-    pub fn apply_in(&self, netns: Option<&str>) -> Result<(), ApplyError> {
+    /// Applies the change in the session's namespace: over netlink when it
+    /// only changes elements, else with `nft -f`.
+    pub fn apply(&self, session: &mut NetlinkSession) -> Result<(), ApplyError> {
         match &self.elements {
-            Some(batch) => Ok(batch.apply_in(netns)?),
-            None => Ok(self.transaction.apply_in(netns)?),
+            Some(batch) => Ok(session.apply(batch)?),
+            None => Ok(self.transaction.apply_in(session.netns())?),
         }
+    }
+
+    /// [`apply`](Self::apply) on a one-off session.
+    pub fn apply_in(&self, netns: Option<&str>) -> Result<(), ApplyError> {
+        self.apply(&mut NetlinkSession::new(netns))
     }
 }
 

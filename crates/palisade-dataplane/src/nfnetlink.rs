@@ -95,48 +95,19 @@ impl ElementBatch {
         self.ops.is_empty()
     }
 
-    /// Sends the batch inside `netns` (this namespace if `None`) and waits
-    /// for the kernel's verdict on every message.
+    /// Sends the batch inside `netns` (this namespace if `None`) on a new
+    /// socket. Closing a netfilter socket after a delete waits for the
+    /// kernel to free the elements (an RCU grace period, ~10-15 ms here):
+    /// keep a [`NetlinkSession`] to apply many batches.
     pub fn apply_in(&self, netns: Option<&str>) -> Result<(), NetlinkError> {
-        if self.ops.is_empty() {
-            return Ok(());
-        }
-        let open = || Socket::new(Domain::from(af_netlink()), Type::RAW, Some(Protocol::from(NETLINK_NETFILTER)));
-        let socket = match netns {
-            Some(name) => Netns::named(name).enter(open)??,
-            None => open()?,
-        };
-        socket.set_read_timeout(Some(Duration::from_secs(2)))?;
-        let (wire, expected) = self.encode();
-        socket.send(&wire)?;
-        let mut acked = 0;
-        let mut buf = vec![0u8; 65536];
-        while acked < expected {
-            let n = (&socket).read(&mut buf)?;
-            let mut at = 0;
-            while at + 16 <= n {
-                let len = u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
-                let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().expect("2 bytes"));
-                if kind == NLMSG_ERROR && at + 20 <= n {
-                    let code = i32::from_ne_bytes(buf[at + 16..at + 20].try_into().expect("4 bytes"));
-                    if code != 0 {
-                        return Err(NetlinkError::Refused(std::io::Error::from_raw_os_error(-code)));
-                    }
-                    acked += 1;
-                }
-                if len == 0 {
-                    break;
-                }
-                at += (len + 3) & !3;
-            }
-        }
-        Ok(())
+        NetlinkSession::new(netns).apply(self)
     }
 
-    /// The batch on the wire, and how many acknowledgements to wait for.
-    fn encode(&self) -> (Vec<u8>, usize) {
+    /// The batch on the wire, numbered from `first_seq`, and how many
+    /// acknowledgements to wait for.
+    fn encode(&self, first_seq: u32) -> (Vec<u8>, usize) {
         let mut out = Vec::new();
-        let mut seq = 1;
+        let mut seq = first_seq;
         message(&mut out, NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, 0, NFNL_SUBSYS_NFTABLES, |_| {});
         for (add, set, elements) in &self.ops {
             seq += 1;
@@ -168,6 +139,82 @@ impl ElementBatch {
         seq += 1;
         message(&mut out, NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq, 0, NFNL_SUBSYS_NFTABLES, |_| {});
         (out, self.ops.len())
+    }
+}
+
+/// A netfilter netlink socket in one network namespace, kept open across
+/// batches. It is reopened if the namespace behind the name changes (a lab
+/// rebuilt under the same name), so it never writes into a stale one.
+pub struct NetlinkSession {
+    netns: Option<String>,
+    socket: Option<(u64, Socket)>,
+    seq: u32,
+}
+
+impl NetlinkSession {
+    pub fn new(netns: Option<&str>) -> Self {
+        NetlinkSession { netns: netns.map(str::to_string), socket: None, seq: 0 }
+    }
+
+    pub fn netns(&self) -> Option<&str> {
+        self.netns.as_deref()
+    }
+
+    fn socket(&mut self) -> Result<&Socket, NetlinkError> {
+        use std::os::unix::fs::MetadataExt;
+        let path = match &self.netns {
+            Some(name) => Netns::named(name).path(),
+            None => "/proc/self/ns/net".into(),
+        };
+        let inode = std::fs::metadata(&path)?.ino();
+        if self.socket.as_ref().is_none_or(|(i, _)| *i != inode) {
+            let open = || Socket::new(Domain::from(af_netlink()), Type::RAW, Some(Protocol::from(NETLINK_NETFILTER)));
+            let socket = match &self.netns {
+                Some(name) => Netns::named(name).enter(open)??,
+                None => open()?,
+            };
+            socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+            self.socket = Some((inode, socket));
+        }
+        Ok(&self.socket.as_ref().expect("just opened").1)
+    }
+
+    /// Sends one batch and waits for the kernel's verdict on each message.
+    /// Acknowledgements of earlier batches (left after a refusal) are
+    /// recognised by their sequence numbers and skipped.
+    pub fn apply(&mut self, batch: &ElementBatch) -> Result<(), NetlinkError> {
+        if batch.ops.is_empty() {
+            return Ok(());
+        }
+        let first = self.seq.wrapping_add(1);
+        let (wire, expected) = batch.encode(first);
+        self.seq = first.wrapping_add(expected as u32 + 1);
+        let in_batch = |seq: u32| seq.wrapping_sub(first) <= expected as u32 + 1;
+        let socket = self.socket()?;
+        socket.send(&wire)?;
+        let mut acked = 0;
+        let mut buf = vec![0u8; 65536];
+        while acked < expected {
+            let n = (&*socket).read(&mut buf)?;
+            let mut at = 0;
+            while at + 20 <= n {
+                let len = u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
+                let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().expect("2 bytes"));
+                let seq = u32::from_ne_bytes(buf[at + 8..at + 12].try_into().expect("4 bytes"));
+                if kind == NLMSG_ERROR && in_batch(seq) {
+                    let code = i32::from_ne_bytes(buf[at + 16..at + 20].try_into().expect("4 bytes"));
+                    if code != 0 {
+                        return Err(NetlinkError::Refused(std::io::Error::from_raw_os_error(-code)));
+                    }
+                    acked += 1;
+                }
+                if len == 0 {
+                    break;
+                }
+                at += (len + 3) & !3;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -189,6 +189,31 @@ fn netlink_element_batches_match_nft() {
     assert!(batch.apply_in(Some(&ns.0)).is_err());
     let listed = run_nft_in(Some(&ns.0), &["list", "set", "inet", "palisade", "a4"], None).unwrap();
     assert!(listed.contains("10.1.2.3"), "a refused batch must change nothing:\n{listed}");
+    // A kept session: deletes are as fast as adds (closing a netfilter
+    // socket after a delete waits for the kernel), and a namespace rebuilt
+    // under the same name gets a new socket, never the stale one.
+    let mut session = palisade_dataplane::nfnetlink::NetlinkSession::new(Some(&ns.0));
+    let one = |add: bool, e: &str| {
+        let mut tx = Transaction::new("palisade");
+        let elements = vec![e.to_string()];
+        tx.push(if add {
+            Op::AddElements { set: "a4".into(), elements }
+        } else {
+            Op::DeleteElements { set: "a4".into(), elements }
+        });
+        ElementBatch::from_transaction(&tx, keys).unwrap().unwrap()
+    };
+    session.apply(&one(true, "10.7.7.7")).unwrap();
+    session.apply(&one(false, "10.7.7.7")).unwrap();
+    assert!(session.apply(&one(false, "10.7.7.7")).is_err(), "deleting a missing element is refused");
+    session.apply(&one(true, "10.7.7.8")).unwrap(); // the refusal's leftovers do not confuse the next batch
+    Command::new("ip").args(["netns", "delete", &ns.0]).status().unwrap();
+    Command::new("ip").args(["netns", "add", &ns.0]).status().unwrap();
+    run_nft_in(Some(&ns.0), &["-f", "-"], Some(setup)).unwrap();
+    session.apply(&one(true, "10.7.7.9")).unwrap();
+    let listed = run_nft_in(Some(&ns.0), &["list", "set", "inet", "palisade", "a4"], None).unwrap();
+    assert!(listed.contains("10.7.7.9") && !listed.contains("10.7.7.8"), "{listed}");
+
     // A transaction that changes a rule is not an element batch.
     let mut rules = Transaction::new("palisade");
     rules.push(Op::FlushChain("c1".into()));

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use palisade_dataplane::netns::Netns;
+use palisade_dataplane::nfnetlink::NetlinkSession;
 use palisade_dataplane::{ApplyError, DenyAction, NodeCompiler, Options};
 use palisade_engine::{Changes, EndpointId, Engine, Flow, FlowEnd};
 use palisade_model::{Cluster, EndpointKey, Protocol};
@@ -91,6 +92,8 @@ pub struct Lab {
     pub cluster: Cluster,
     /// One incremental compiler per node, holding what its kernel has.
     compilers: Vec<NodeCompiler>,
+    /// One netfilter netlink socket per node, kept open (see `nfnetlink`).
+    sessions: Vec<NetlinkSession>,
     /// Engine changes not yet in the kernels.
     pending: Changes,
     opts: LabOptions,
@@ -173,6 +176,7 @@ impl Lab {
         let engine = Engine::from_cluster(&lab_cluster);
         let table = Options { table: "palisade".into(), deny: opts.deny };
         let compilers = topology.plan.nodes.iter().map(|_| NodeCompiler::new(table.clone())).collect();
+        let sessions = topology.plan.nodes.iter().map(|n| NetlinkSession::new(Some(&n.netns))).collect();
         Ok(Lab {
             runtime,
             _servers: servers,
@@ -180,6 +184,7 @@ impl Lab {
             engine,
             cluster: lab_cluster,
             compilers,
+            sessions,
             pending: Changes::default(),
             opts,
             served,
@@ -199,12 +204,12 @@ impl Lab {
         let started = Instant::now();
         let changes = std::mem::take(&mut self.pending);
         let plan = &self.topology.plan;
-        for (node, compiler) in self.compilers.iter_mut().enumerate() {
+        for (node, (compiler, session)) in self.compilers.iter_mut().zip(&mut self.sessions).enumerate() {
             let iface = pod_iface(plan, &self.engine, node);
             let update = compiler.update(&self.engine, &changes, &iface);
             let netns = &plan.nodes[node].netns;
             let error = |e: ApplyError| LabError::Apply { node: plan.nodes[node].name.clone(), source: e };
-            match update.apply_in(Some(netns)) {
+            match update.apply(session) {
                 Ok(()) => {}
                 // A refused patch changed nothing (one transaction): resync
                 // by replacing the table atomically, and say so.

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use palisade_dataplane::netns::{Netns, OwnedNetns};
+use palisade_dataplane::nfnetlink::NetlinkSession;
 use palisade_dataplane::{DenyAction, NodeCompiler, Options};
 use palisade_engine::Engine;
 use palisade_lab::probe::{connect_tcp, echo};
@@ -290,6 +291,7 @@ fn apply_times(args: &BenchDataplaneArgs, out: &mut dyn Write) -> Result<()> {
             Change::Upsert(new)
         }),
     ];
+    let mut session = NetlinkSession::new(Some(&ns.name));
     for (kind, make) in kinds {
         let (mut times, mut compile_times, mut ops, mut fast) = (Vec::new(), Vec::new(), 0, 0);
         for (i, ep) in locals.iter().take(10).enumerate() {
@@ -305,7 +307,7 @@ fn apply_times(args: &BenchDataplaneArgs, out: &mut dyn Write) -> Result<()> {
             anyhow::ensure!(update.full.is_none(), "the update was not incremental: {:?}", update.full);
             ops += update.transaction.ops.len();
             fast += usize::from(update.elements.is_some());
-            update.apply_in(Some(&ns.name))?;
+            update.apply(&mut session)?;
             times.push(start.elapsed().as_secs_f64() * 1e3);
         }
         times.sort_by(|a, b| a.total_cmp(b));
@@ -319,16 +321,16 @@ fn apply_times(args: &BenchDataplaneArgs, out: &mut dyn Write) -> Result<()> {
             ops / 10
         )?;
     }
-    element_floor(&ns.name, out)
+    element_floor(&mut session, out)
 }
 
 /// The kernel's own cost of one element added and one removed over
 /// netlink, in a table with one empty set: the floor under a single-pod
-/// change (removal waits for an RCU grace period in the kernel's commit).
-fn element_floor(netns: &str, out: &mut dyn Write) -> Result<()> {
+/// change.
+fn element_floor(session: &mut NetlinkSession, out: &mut dyn Write) -> Result<()> {
     use palisade_dataplane::nfnetlink::ElementBatch;
     use palisade_dataplane::nft::{run_nft_in, KeyType, Op, Transaction};
-    run_nft_in(Some(netns), &["-f", "-"], Some("table inet floor {\n set s { type ipv4_addr; }\n}\n"))?;
+    run_nft_in(session.netns(), &["-f", "-"], Some("table inet floor {\n set s { type ipv4_addr; }\n}\n"))?;
     let keys = |_: &str| Some(KeyType(vec!["ipv4_addr"]));
     let (mut adds, mut dels) = (Vec::new(), Vec::new());
     for i in 0..10u8 {
@@ -343,7 +345,7 @@ fn element_floor(netns: &str, out: &mut dyn Write) -> Result<()> {
             tx.push(op);
             let batch = ElementBatch::from_transaction(&tx, keys)?.expect("element batch");
             let start = Instant::now();
-            batch.apply_in(Some(netns))?;
+            session.apply(&batch)?;
             times.push(start.elapsed().as_secs_f64() * 1e3);
         }
     }
