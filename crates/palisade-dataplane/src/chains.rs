@@ -163,28 +163,29 @@ fn block_match(block: &IpBlock, ip: &str, field: &str) -> Option<String> {
     Some(out)
 }
 
-pub(crate) fn chain_name(engine: &Engine, d: Direction, identity: IdentityId) -> String {
-    let ns = &engine.identity(identity).namespace;
-    format!("{}_{}_id{}", dir_name(d), ident(ns), identity.0)
-}
-
-/// The chain of `identity` in direction `d`, or `None` if no policy
-/// isolates that direction. `set` is called for every peer set a rule
-/// names, and returns the name to use.
+/// The chain of `identity` in direction `d`, with the peer sets its rules
+/// name, or `None` if no policy isolates that direction.
+///
+/// Chains are named by their content (`<direction>_<namespace>_<first
+/// policy>_<hash>`), so identities whose policy compiles to the same rules
+/// share one chain: a pod of a new ReplicaSet, whose labels are new but
+/// whose policies are not, needs no new chain, only map elements. A name
+/// never changes meaning, so chains are only ever added and deleted.
 pub(crate) fn identity_chain(
     engine: &Engine,
     identity: IdentityId,
     d: Direction,
     opts: &Options,
-    set: &mut dyn FnMut(SetRequest) -> String,
-) -> Option<(ChainDef, Vec<Rule>)> {
+) -> Option<(ChainDef, Vec<Rule>, Vec<SetRequest>)> {
+    let mut requests = Vec::new();
+    let mut set = |req: SetRequest| {
+        let name = req.name();
+        requests.push(req);
+        name
+    };
     let compiled = engine.compiled(identity);
     let side = compiled.direction(d)?;
-    let chain = chain_name(engine, d, identity);
     let id = engine.identity(identity);
-    let labels: Vec<String> = id.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let comment =
-        format!("{} of identity {} (namespace {}, labels {})", dir_name(d), identity.0, id.namespace, labels.join(","));
     let (addr_field, allow) = match d {
         Direction::Ingress => ("saddr", "accept"),
         // Egress allowed: back to the forward chain for the destination's ingress check.
@@ -281,6 +282,7 @@ pub(crate) fn identity_chain(
     let policies: Vec<String> =
         side.policies.iter().map(|p| engine.policy(*p)).map(|p| format!("{}/{}", p.namespace, p.name)).collect();
     let end = format!("isolated by {}: nothing else allowed", policies.join(", "));
+    let comment = format!("{} of pods in {} {end}", dir_name(d), id.namespace);
     match opts.deny {
         DenyAction::Drop => rules.push(Rule { exprs: vec!["drop".into()], comment: Some(end) }),
         DenyAction::Reject => {
@@ -291,7 +293,17 @@ pub(crate) fn identity_chain(
             rules.push(Rule { exprs: vec!["reject with icmpx admin-prohibited".into()], comment: Some(end) });
         }
     }
-    Some((ChainDef { name: chain, hook: None, comment }, rules))
+    let content: String = rules.iter().map(|r| format!("{r}\n")).collect();
+    let first_policy = side.policies.first().map(|p| engine.policy(*p).name.as_str()).unwrap_or("");
+    let mut first_policy = ident(first_policy);
+    first_policy.truncate(40);
+    let name =
+        format!("{}_{}_{first_policy}_{}", dir_name(d), ident(&id.namespace), fnv(&format!("{comment}\n{content}")));
+    // Only the sets a rule names: a peer whose ports resolve to nothing on
+    // this identity makes no rule, and its set must not be kept alive.
+    requests.retain(|r| content.contains(&format!("@{} ", r.name())));
+    requests.dedup();
+    Some((ChainDef { name, hook: None, comment }, rules, requests))
 }
 
 #[cfg(test)]

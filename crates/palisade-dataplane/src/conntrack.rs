@@ -20,8 +20,9 @@ pub struct CtFlow {
     pub dst: IpAddr,
     pub sport: u16,
     pub dport: u16,
-    /// A TCP connection closing or closed (FIN seen, TIME_WAIT, CLOSE):
-    /// no new data flows on it, so it needs no removal.
+    /// A TCP connection that is over (TIME_WAIT, CLOSE): no data flows on
+    /// it, so it needs no removal. Half-closed ones (FIN_WAIT, CLOSE_WAIT,
+    /// LAST_ACK) can still carry data one way, and are cut like open ones.
     pub closed: bool,
 }
 
@@ -41,7 +42,7 @@ pub fn parse(text: &str) -> Vec<CtFlow> {
         let (mut src, mut dst, mut sport, mut dport) = (None, None, None, None);
         let mut closed = false;
         for f in fields {
-            if matches!(f, "TIME_WAIT" | "CLOSE" | "LAST_ACK" | "FIN_WAIT" | "CLOSE_WAIT") {
+            if matches!(f, "TIME_WAIT" | "CLOSE") {
                 closed = true;
             }
             let Some((k, v)) = f.split_once('=') else { continue };
@@ -101,11 +102,16 @@ pub fn flush_denied(ns: Option<&Netns>, denied: impl Fn(&CtFlow) -> bool) -> Res
 }
 
 /// The engine's judgement of a tracked flow: addresses of known endpoints
-/// are those endpoints, anything else is an outside address.
-pub fn engine_denies(engine: &Engine) -> impl Fn(&CtFlow) -> bool + '_ {
+/// are those endpoints, anything else is an outside address. Flows to or
+/// from `node_addrs` (this node's own addresses) are node-local, exempt
+/// from policy, and never denied.
+pub fn engine_denies(engine: &Engine, node_addrs: Vec<IpAddr>) -> impl Fn(&CtFlow) -> bool + '_ {
     let by_ip: HashMap<IpAddr, EndpointId> =
         engine.endpoints().flat_map(|(id, ep)| ep.ips.iter().map(move |ip| (*ip, id))).collect();
     move |f: &CtFlow| {
+        if node_addrs.contains(&f.src) || node_addrs.contains(&f.dst) {
+            return false;
+        }
         let end = |ip: IpAddr| by_ip.get(&ip).map_or(FlowEnd::Address(ip), |id| FlowEnd::Endpoint(*id));
         !engine.allows(&Flow { src: end(f.src), dst: end(f.dst), protocol: f.protocol, port: f.dport })
     }
@@ -126,6 +132,8 @@ sctp     132 2 COOKIE_WAIT src=fd00::1 dst=fd00::2 sport=33000 dport=81 [UNREPLI
 ";
         let mut flows = parse(text);
         assert!(flows.remove(0).closed, "TIME_WAIT is a closed connection");
+        let half = parse("tcp 6 60 CLOSE_WAIT src=10.0.0.1 dst=10.0.0.2 sport=1 dport=80 src=10.0.0.2 dst=10.0.0.1 sport=80 dport=1 [ASSURED]");
+        assert!(!half[0].closed, "a half-closed stream still carries data one way");
         assert_eq!(flows.len(), 3, "icmp is not judged by NetworkPolicy");
         assert_eq!(
             flows[0],

@@ -78,7 +78,10 @@ pub struct NodeCompiler {
     set_refs: HashMap<String, usize>,
     /// The peer sets each chain names.
     chain_sets: HashMap<String, Vec<String>>,
-    identity_chains: HashMap<IdentityId, Vec<String>>,
+    /// The chain of each local identity, per isolated direction.
+    identity_chains: HashMap<IdentityId, Vec<(Direction, String)>>,
+    /// How many local identities use each chain (chains are shared).
+    chain_users: HashMap<String, usize>,
     synced: bool,
 }
 
@@ -134,6 +137,7 @@ impl NodeCompiler {
             set_refs: HashMap::new(),
             chain_sets: HashMap::new(),
             identity_chains: HashMap::new(),
+            chain_users: HashMap::new(),
             synced: false,
         }
     }
@@ -266,7 +270,18 @@ impl NodeCompiler {
                 self.add_element(&mut delta, name, element);
             }
         }
-        // 4. Local endpoints: their own elements follow their identity's chains.
+        // 4. Chains of the identities that changed or gained/lost local pods.
+        for identity in &dirty_identities {
+            self.rebuild_chains(engine, *identity, &mut delta);
+        }
+        let unused: Vec<String> = self.chain_users.iter().filter(|(_, n)| **n == 0).map(|(c, _)| c.clone()).collect();
+        for name in unused {
+            self.chain_users.remove(&name);
+            self.release_chain_sets(&name);
+            let before = self.rs.chains.remove(&name);
+            delta.chains_before.entry(name).or_insert(before);
+        }
+        // 5. Local endpoints: their own elements follow their identity's chains.
         let mut relocal: BTreeSet<EndpointId> =
             live.iter().copied().filter(|e| self.endpoints[e].iface.is_some()).collect();
         for identity in &dirty_identities {
@@ -275,18 +290,15 @@ impl NodeCompiler {
         for e in relocal {
             let shadow = self.endpoints.get_mut(&e).expect("local endpoint");
             let old = std::mem::take(&mut shadow.local);
-            let new = local_elements(engine, shadow.identity, shadow.iface.as_deref().unwrap_or(""), &shadow.ips);
-            self.endpoints.get_mut(&e).expect("local endpoint").local = new.clone();
+            let chains = self.identity_chains.get(&shadow.identity).map(Vec::as_slice).unwrap_or_default();
+            let new = local_elements(chains, shadow.iface.as_deref().unwrap_or(""), &shadow.ips);
+            shadow.local = new.clone();
             for (set, element) in old {
                 self.remove_element(&mut delta, &set, element);
             }
             for (set, element) in new {
                 self.add_element(&mut delta, &set, element);
             }
-        }
-        // 5. Chains of the identities that changed or gained/lost local pods.
-        for identity in dirty_identities {
-            self.rebuild_chains(engine, identity, &mut delta);
         }
         // 6. Peer sets no chain names any more.
         let unused: Vec<String> = self.set_refs.iter().filter(|(_, n)| **n == 0).map(|(s, _)| s.clone()).collect();
@@ -319,37 +331,35 @@ impl NodeCompiler {
         out
     }
 
+    /// Points `identity` at the chains its policy compiles to, creating
+    /// those no other identity uses yet. Chains are named by content, so an
+    /// existing name is already right; unused ones go at the end of the
+    /// update.
     fn rebuild_chains(&mut self, engine: &Engine, identity: IdentityId, delta: &mut Delta) {
-        let old_names = self.identity_chains.remove(&identity).unwrap_or_default();
-        let mut new_names = Vec::new();
+        let old = self.identity_chains.remove(&identity).unwrap_or_default();
+        let mut new = Vec::new();
         if self.local_by_identity.get(&identity).is_some_and(|l| !l.is_empty()) {
             for direction in [Direction::Ingress, Direction::Egress] {
-                let mut requests = Vec::new();
-                let chain = identity_chain(engine, identity, direction, &self.opts, &mut |req| {
-                    let name = req.name();
-                    requests.push(req);
-                    name
-                });
-                let Some((def, rules)) = chain else { continue };
+                let chain = identity_chain(engine, identity, direction, &self.opts);
+                let Some((def, rules, requests)) = chain else { continue };
                 let name = def.name.clone();
-                let mut sets = Vec::new();
-                for req in requests {
-                    sets.push(self.acquire_set(engine, req, delta));
+                *self.chain_users.entry(name.clone()).or_insert(0) += 1;
+                if !self.rs.chains.contains_key(&name) {
+                    let sets = requests.into_iter().map(|req| self.acquire_set(engine, req, delta)).collect();
+                    self.chain_sets.insert(name.clone(), sets);
+                    let before = self.rs.chains.insert(name.clone(), (def, rules));
+                    delta.chains_before.entry(name.clone()).or_insert(before);
                 }
-                self.release_chain_sets(&name);
-                self.chain_sets.insert(name.clone(), sets);
-                let before = self.rs.chains.insert(name.clone(), (def, rules));
-                delta.chains_before.entry(name.clone()).or_insert(before);
-                new_names.push(name);
+                new.push((direction, name));
             }
         }
-        for name in old_names.into_iter().filter(|n| !new_names.contains(n)) {
-            self.release_chain_sets(&name);
-            let before = self.rs.chains.remove(&name);
-            delta.chains_before.entry(name).or_insert(before);
+        for (_, name) in old {
+            if let Some(n) = self.chain_users.get_mut(&name) {
+                *n -= 1;
+            }
         }
-        if !new_names.is_empty() {
-            self.identity_chains.insert(identity, new_names);
+        if !new.is_empty() {
+            self.identity_chains.insert(identity, new);
         }
     }
 

@@ -19,7 +19,7 @@ use std::net::IpAddr;
 use palisade_engine::{EndpointId, Engine, IdentityId};
 use palisade_model::Direction;
 
-use crate::chains::{chain_name, dir_name, identity_chain, Family, SetRequest, FAMILIES};
+use crate::chains::{dir_name, identity_chain, Family, SetRequest, FAMILIES};
 use crate::nft::{quote, ChainDef, Hook, KeyType, Op, Rule, SetDef, Transaction};
 
 /// What happens to a packet no rule allows.
@@ -64,32 +64,37 @@ pub fn compile(engine: &Engine, is_local: impl Fn(EndpointId) -> bool, opts: &Op
 pub fn compile_node(engine: &Engine, pod_iface: impl Fn(EndpointId) -> Option<String>, opts: &Options) -> Ruleset {
     let mut rs = Ruleset::default();
     rs.add_base();
-    let mut local_identities: BTreeSet<IdentityId> = BTreeSet::new();
-    for (id, ep) in engine.endpoints() {
-        let Some(iface) = pod_iface(id).filter(|_| !ep.host_network) else { continue };
-        let identity = engine.endpoint_identity(id);
-        local_identities.insert(identity);
-        for (set, element) in local_elements(engine, identity, &iface, &ep.ips) {
-            rs.sets.get_mut(&set).expect("base set").1.insert(element);
-        }
-    }
+    let local: Vec<(EndpointId, String)> = engine
+        .endpoints()
+        .filter(|(_, ep)| !ep.host_network)
+        .filter_map(|(id, _)| Some((id, pod_iface(id)?)))
+        .collect();
     let mut by_identity: HashMap<IdentityId, Vec<&[IpAddr]>> = HashMap::new();
     for (id, ep) in engine.endpoints() {
         by_identity.entry(engine.endpoint_identity(id)).or_default().push(&ep.ips);
     }
-    for identity in local_identities {
+    let mut chains_of: HashMap<IdentityId, Vec<(Direction, String)>> = HashMap::new();
+    for identity in local.iter().map(|(id, _)| engine.endpoint_identity(*id)) {
+        if chains_of.contains_key(&identity) {
+            continue;
+        }
+        let mut names = Vec::new();
         for direction in [Direction::Ingress, Direction::Egress] {
-            let mut request = |req: SetRequest| {
-                let name = req.name();
-                if !rs.sets.contains_key(&name) {
-                    let elements = full_contents(engine, &req, &by_identity);
-                    rs.sets.insert(name.clone(), (req.def(engine), elements));
-                }
-                name
-            };
-            if let Some((def, rules)) = identity_chain(engine, identity, direction, opts, &mut request) {
-                rs.chains.insert(def.name.clone(), (def, rules));
+            let Some((def, rules, requests)) = identity_chain(engine, identity, direction, opts) else { continue };
+            for req in requests {
+                rs.sets
+                    .entry(req.name())
+                    .or_insert_with(|| (req.def(engine), full_contents(engine, &req, &by_identity)));
             }
+            names.push((direction, def.name.clone()));
+            rs.chains.insert(def.name.clone(), (def, rules));
+        }
+        chains_of.insert(identity, names);
+    }
+    for (id, iface) in &local {
+        let chains = &chains_of[&engine.endpoint_identity(*id)];
+        for (set, element) in local_elements(chains, iface, &engine.endpoint(*id).ips) {
+            rs.sets.get_mut(&set).expect("base set").1.insert(element);
         }
     }
     rs
@@ -113,13 +118,8 @@ fn full_contents(
 
 /// The base-set elements one local endpoint contributes: its veth for
 /// anti-spoofing (if known), and its addresses in the dispatch maps of the
-/// directions its identity is isolated in.
-pub(crate) fn local_elements(
-    engine: &Engine,
-    identity: IdentityId,
-    iface: &str,
-    ips: &[IpAddr],
-) -> Vec<(String, String)> {
+/// directions its identity is isolated in, to that direction's `chains`.
+pub(crate) fn local_elements(chains: &[(Direction, String)], iface: &str, ips: &[IpAddr]) -> Vec<(String, String)> {
     let mut out = Vec::new();
     if !iface.is_empty() {
         out.push(("pod_ifaces".to_string(), quote(iface)));
@@ -127,14 +127,9 @@ pub(crate) fn local_elements(
             out.push((format!("pod_src_{}", Family::of(ip).suffix()), format!("{} . {ip}", quote(iface))));
         }
     }
-    let compiled = engine.compiled(identity);
-    for direction in [Direction::Ingress, Direction::Egress] {
-        if compiled.direction(direction).is_none() {
-            continue;
-        }
-        let chain = chain_name(engine, direction, identity);
+    for (direction, chain) in chains {
         for ip in ips {
-            out.push((format!("{}_{}", dir_name(direction), Family::of(ip).suffix()), format!("{ip} : jump {chain}")));
+            out.push((format!("{}_{}", dir_name(*direction), Family::of(ip).suffix()), format!("{ip} : jump {chain}")));
         }
     }
     out

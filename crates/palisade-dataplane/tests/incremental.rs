@@ -216,3 +216,47 @@ proptest! {
         }
     }
 }
+
+/// A pod of a new ReplicaSet has new labels but the same policies: it
+/// shares the existing chains, so its patch is element-only (netlink).
+#[test]
+fn a_new_identity_with_known_policies_needs_no_new_chain() {
+    let yaml = |rev: &str| {
+        format!(
+            "apiVersion: v1
+kind: Pod
+metadata: {{name: web-1, namespace: shop, labels: {{app: web, pod-template-hash: '{rev}'}}}}
+spec: {{nodeName: node-0, containers: [{{name: c, image: i}}]}}
+status: {{podIP: 10.0.0.5}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: web, namespace: shop}}
+spec:
+  podSelector: {{matchLabels: {{app: web}}}}
+  ingress: [{{from: [{{podSelector: {{}}}}], ports: [{{port: 80}}]}}]
+"
+        )
+    };
+    let cluster = |rev: &str| {
+        let sources = [palisade_model::Source { name: "t.yaml".into(), text: yaml(rev) }];
+        let (c, problems, _) = palisade_model::Cluster::from_manifests(palisade_model::parse_sources(&sources));
+        assert!(problems.is_empty(), "{problems:?}");
+        c
+    };
+    let mut engine = Engine::from_cluster(&cluster("a1"));
+    let mut compiler = NodeCompiler::new(Options::default());
+    compiler.resync(&engine, &pod_iface(&engine));
+    let chains: Vec<String> = compiler.ruleset().chains.keys().cloned().collect();
+    let dispatch = &compiler.ruleset().sets["ingress_v4"].1;
+    assert!(dispatch.iter().any(|e| e.starts_with("10.0.0.5 : jump ingress_shop_web_")), "{dispatch:?}");
+    let changes = engine.sync_cluster(&cluster("b2"));
+    assert!(!changes.endpoints_changed.is_empty() && !changes.identities_recompiled.is_empty());
+    let update = compiler.update(&engine, &changes, &pod_iface(&engine));
+    assert_eq!(update.full, None);
+    // Same chains, same address, same selector memberships: nothing to do.
+    assert!(update.transaction.ops.is_empty(), "expected no change:\n{}", update.transaction.render());
+    assert!(update.elements.is_some());
+    assert_eq!(compiler.ruleset().chains.keys().cloned().collect::<Vec<_>>(), chains);
+    assert_eq!(compiler.ruleset(), &compile_node(&engine, pod_iface(&engine), &Options::default()));
+}

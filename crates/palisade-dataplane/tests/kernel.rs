@@ -87,7 +87,7 @@ fn rendered_ruleset_is_accepted_by_the_kernel_and_patched_in_place() {
         "x/a ingress rule 0 peer 0",
         "10.244.2.11",
         "ip saddr 10.0.0.0/8 ip saddr != 10.244.2.0/24",
-        "jump ingress_x_id",
+        "jump ingress_x_a_",
         "reject with tcp reset",
     ] {
         assert!(listed.contains(expected), "missing {expected:?} in:\n{listed}");

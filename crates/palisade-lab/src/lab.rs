@@ -134,9 +134,15 @@ pub fn apply_node(plan: &Plan, engine: &Engine, node: usize, deny: DenyAction) -
 
 /// Ends established flows the engine now denies, on every node.
 pub fn end_denied_flows(plan: &Plan, engine: &Engine) -> Result<usize, LabError> {
-    let denies = palisade_dataplane::conntrack::engine_denies(engine);
     let mut removed = 0;
     for node in &plan.nodes {
+        let own: Vec<IpAddr> = vec![
+            node.underlay_v4.into(),
+            node.underlay_v6.into(),
+            palisade_dataplane::podnet::GATEWAY_V4.parse().expect("gateway address"),
+            palisade_dataplane::podnet::GATEWAY_V6.parse().expect("gateway address"),
+        ];
+        let denies = palisade_dataplane::conntrack::engine_denies(engine, own);
         removed += palisade_dataplane::conntrack::flush_denied(Some(&Netns::named(&node.netns)), &denies)?;
     }
     Ok(removed)

@@ -272,12 +272,14 @@ fn apply_times(args: &BenchDataplaneArgs, out: &mut dyn Write) -> Result<()> {
         compiled.as_secs_f64() * 1e3
     )?;
     // Single-pod changes on this node, ten of each kind, end to end
-    // (engine update + incremental compile + kernel). A new pod and a
-    // deleted pod change only set and map elements (netlink); a relabel to
-    // labels no pod had makes a new identity with its own chains (nft -f).
+    // (engine update + incremental compile + kernel). Pods added, deleted,
+    // or relabelled without a change of policy touch only set and map
+    // elements (netlink); a relabel into another app's policies may need
+    // chains no local pod used yet (nft -f).
     let locals: Vec<_> = engine.endpoints().filter(|(id, _)| local(&engine, *id)).map(|(_, e)| e.clone()).collect();
-    anyhow::ensure!(locals.len() >= 10, "the node has fewer than 10 pods");
-    let kinds: [(&str, &MakeChange); 3] = [
+    anyhow::ensure!(locals.len() >= 20, "the node has fewer than 20 pods");
+    let app = |e: &Endpoint| e.labels.get("app").cloned();
+    let kinds: [(&str, &MakeChange); 4] = [
         ("pod added", &|i, ep| {
             let mut new = ep.clone();
             new.key.name = format!("bench-new-{i}");
@@ -285,9 +287,15 @@ fn apply_times(args: &BenchDataplaneArgs, out: &mut dyn Write) -> Result<()> {
             Change::Upsert(new)
         }),
         ("pod deleted", &|i, ep| Change::Remove(EndpointKey { name: format!("bench-new-{i}"), ..ep.key.clone() })),
-        ("pod relabelled (new identity)", &|i, ep| {
+        ("pod relabelled, same policies (new identity)", &|i, ep| {
             let mut new = ep.clone();
-            new.labels.insert("version".into(), format!("bench-{i}"));
+            new.labels.insert("pod-template-hash".into(), format!("bench-{i}"));
+            Change::Upsert(new)
+        }),
+        ("pod relabelled into another app", &|i, ep| {
+            let other = locals.iter().skip(i + 1).find(|o| app(o) != app(ep) && o.key.namespace == ep.key.namespace);
+            let mut new = ep.clone();
+            new.labels = other.map_or_else(|| ep.labels.clone(), |o| o.labels.clone());
             Change::Upsert(new)
         }),
     ];
@@ -360,7 +368,7 @@ fn element_floor(session: &mut NetlinkSession, out: &mut dyn Write) -> Result<()
 }
 
 /// A single-pod change of the i-th local pod.
-type MakeChange = dyn Fn(usize, &Endpoint) -> Change;
+type MakeChange<'a> = dyn Fn(usize, &Endpoint) -> Change + 'a;
 
 enum Change {
     Upsert(Endpoint),

@@ -3,6 +3,7 @@
 //! engine pair by pair.
 
 use std::io::{IsTerminal, Write};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -222,7 +223,12 @@ fn lab_down(args: &LabDownArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
         // The run id starts with the owning process id (tests append a tag).
         let id = ns.name[PREFIX.len()..].split('-').next().unwrap_or("");
         let owner = id.chars().take_while(char::is_ascii_digit).collect::<String>().parse::<u32>().ok();
-        if !args.all && owner.is_some_and(live_palisade) {
+        // Any live owner counts, not only `palisade`: test binaries build
+        // labs too. A recycled pid keeps a dead run's leftovers until that
+        // process ends; `--all` removes them regardless.
+        if !args.all
+            && owner.is_some_and(|pid| pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists())
+        {
             kept += 1;
             continue;
         }
