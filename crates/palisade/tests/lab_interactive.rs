@@ -36,30 +36,31 @@ fn interactive_lab_commands_work_together() {
     let shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/shop");
     let shop = shop.to_str().unwrap();
     let _down = Down(name.clone());
-    ok(&palisade(&["lab", "up", "-f", shop, "--name", &name, "--port", "tcp/8080"]), "lab up");
+    ok(&palisade(&["lab", "up", "-f", shop, "--name", &name, "--port", "tcp/5432"]), "lab up");
     let pid = std::fs::read_to_string(format!("/run/palisade/labs/{name}.json"))
         .ok()
         .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
         .and_then(|v| v["pid"].as_u64())
         .expect("state file with the lab's pid");
 
-    let probe = |what: &str| ok(&palisade(&["lab", "probe", "--name", &name, "--port", "tcp/8080", "-o", "tsv"]), what);
+    let probe = |what: &str| ok(&palisade(&["lab", "probe", "--name", &name, "--port", "tcp/5432", "-o", "tsv"]), what);
     let before = probe("lab probe");
-    assert!(before.contains("shop/web[Deployment]\tshop/api[Deployment]\ttcp\t8080\tallow\tallow"), "{before}");
+    let pair = "shop/api[Deployment]\tdata/postgres[StatefulSet]\ttcp\t5432";
+    assert!(before.contains(&format!("{pair}\tallow\tallow")), "{before}");
 
     let exec = ok(&palisade(&["lab", "exec", "--name", &name, "shop/web", "--", "ip", "-4", "addr"]), "lab exec");
     assert!(exec.contains("inet 10."), "the pod has its address: {exec}");
 
-    // Deny everything into shop: the web -> api allow is gone.
+    // Deny everything into data: the api -> postgres allow is gone.
     let dir = std::env::temp_dir().join(format!("palisade-itest-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let deny = dir.join("deny.yaml");
     std::fs::write(
         &deny,
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-all, namespace: shop}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-all, namespace: data}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n",
     )
     .unwrap();
-    // Every other policy in shop is additive: replace the policies file.
+    // Policies are additive: leave out the example's own policies.
     let no_policies: Vec<String> =
         ["namespaces.yaml", "workloads.yaml"].iter().map(|f| format!("{shop}/{f}")).collect();
     ok(
@@ -78,7 +79,7 @@ fn interactive_lab_commands_work_together() {
         "lab apply",
     );
     let after = probe("lab probe after apply");
-    assert!(after.contains("shop/web[Deployment]\tshop/api[Deployment]\ttcp\t8080\tdeny\tdeny"), "{after}");
+    assert!(after.contains(&format!("{pair}\tdeny\tdeny")), "{after}");
     let _ = std::fs::remove_dir_all(&dir);
 
     ok(&palisade(&["lab", "down", "--name", &name]), "lab down");
