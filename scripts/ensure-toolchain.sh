@@ -11,6 +11,8 @@ command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 command -v conntrack >/dev/null 2>&1 || need_apt+=(conntrack)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+# The CNI plugin is tested chained before Debian's standard plugins.
+[ -x /usr/lib/cni/portmap ] || need_apt+=(containernetworking-plugins)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "palisade: missing ${need_apt[*]}; run as root or install them" >&2

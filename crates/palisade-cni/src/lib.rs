@@ -5,9 +5,10 @@
 //! - `ipam`: per-node address allocation on disk, safe under concurrent
 //!   invocations.
 //!
-//! Work in progress (issue #4): the `palisade-cni` binary (ADD, DEL, CHECK,
-//! GC, STATUS, VERSION) and the fail-closed handshake with the node agent
-//! come next.
+//! - `plugin`: the commands (ADD, DEL, CHECK, GC, STATUS, VERSION). ADD
+//!   fails closed: it succeeds only when the node agent confirms the pod's
+//!   policy is in the kernel.
 
 pub mod ipam;
+pub mod plugin;
 pub mod protocol;

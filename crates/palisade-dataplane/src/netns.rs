@@ -44,8 +44,9 @@ fn home() -> &'static File {
     })
 }
 
-/// A named network namespace. Dropping it does not delete it: owners do
-/// (see [`OwnedNetns`]).
+/// A named network namespace (in /run/netns), or one given by an absolute
+/// path (`/proc/<pid>/ns/net`, a CNI runtime's `CNI_NETNS`). Dropping it
+/// does not delete it: owners do (see [`OwnedNetns`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Netns {
     pub name: String,
@@ -57,7 +58,17 @@ impl Netns {
     }
 
     pub fn path(&self) -> PathBuf {
-        Path::new(NETNS_DIR).join(&self.name)
+        if self.is_path() {
+            PathBuf::from(&self.name)
+        } else {
+            Path::new(NETNS_DIR).join(&self.name)
+        }
+    }
+
+    /// Given by path rather than by name: `ip -n` and `ip netns exec` do
+    /// not take those, so commands run from a thread inside it instead.
+    fn is_path(&self) -> bool {
+        self.name.starts_with('/')
     }
 
     pub fn exists(&self) -> bool {
@@ -108,11 +119,19 @@ impl Netns {
         if script.trim().is_empty() {
             return Ok(());
         }
+        if self.is_path() {
+            // A child process starts in the network namespace of the thread
+            // that forks it.
+            return self.enter(|| run("ip", &["-batch", "-"], Some(script)))?.map(|_| ());
+        }
         run("ip", &["-n", &self.name, "-batch", "-"], Some(script)).map(|_| ())
     }
 
     /// Runs a command inside the namespace (`ip netns exec`).
     pub fn exec(&self, program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, NetnsError> {
+        if self.is_path() {
+            return self.enter(|| run(program, args, stdin))?;
+        }
         let mut full = vec!["netns", "exec", &self.name, program];
         full.extend_from_slice(args);
         run("ip", &full, stdin)

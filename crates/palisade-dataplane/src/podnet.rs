@@ -22,6 +22,8 @@ pub struct PodLink {
     pub node: Netns,
     /// The node-side interface name (at most 15 bytes, unique on the node).
     pub host_if: String,
+    /// The interface name inside the pod (`eth0`, or the CNI_IFNAME).
+    pub pod_if: String,
     pub addresses: Vec<IpAddr>,
 }
 
@@ -37,8 +39,9 @@ impl PodLink {
         no_dad(&self.pod)?;
         // The pair is created from the node's namespace with the peer placed in the pod's.
         let mut node = format!(
-            "link add name {host} type veth peer name eth0 netns {pod}\n",
+            "link add name {host} type veth peer name {pod_if} netns {pod}\n",
             host = self.host_if,
+            pod_if = self.pod_if,
             pod = self.pod.name
         );
         node += &format!("link set {} up\n", self.host_if);
@@ -54,19 +57,20 @@ impl PodLink {
         // Replies to the pod's neighbour solicitations come at once.
         self.node.sysctl(&format!("net.ipv4.neigh.{}.proxy_delay", self.host_if), "0")?;
 
-        let mut pod = String::from("link set eth0 up\n");
+        let dev = &self.pod_if;
+        let mut pod = format!("link set lo up\nlink set {dev} up\n");
         for a in &self.addresses {
             match a {
-                IpAddr::V4(_) => pod += &format!("addr add {a}/32 dev eth0\n"),
-                IpAddr::V6(_) => pod += &format!("addr add {a}/128 dev eth0 nodad\n"),
+                IpAddr::V4(_) => pod += &format!("addr add {a}/32 dev {dev}\n"),
+                IpAddr::V6(_) => pod += &format!("addr add {a}/128 dev {dev} nodad\n"),
             }
         }
         if self.addresses.iter().any(IpAddr::is_ipv4) {
             pod +=
-                &format!("route add {GATEWAY_V4} dev eth0 scope link\nroute add default via {GATEWAY_V4} dev eth0\n");
+                &format!("route add {GATEWAY_V4} dev {dev} scope link\nroute add default via {GATEWAY_V4} dev {dev}\n");
         }
         if has_v6 {
-            pod += &format!("route add ::/0 via {GATEWAY_V6} dev eth0\n");
+            pod += &format!("route add ::/0 via {GATEWAY_V6} dev {dev}\n");
         }
         self.pod.ip_batch(&pod)
     }

@@ -91,6 +91,7 @@ impl Topology {
                 pod: pod_ns,
                 node: Netns::named(&plan.nodes[pod.node].netns),
                 host_if: pod.host_if.clone(),
+                pod_if: "eth0".into(),
                 addresses: pod.ips.clone(),
             }
             .attach()?;

@@ -1,0 +1,358 @@
+//! The plugin's commands, as the CNI spec defines them: the runtime's
+//! environment and the network config on stdin in, a result or an error on
+//! stdout and an exit code out.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::IpAddr;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use palisade_dataplane::netns::Netns;
+use palisade_dataplane::podnet::{PodLink, GATEWAY_V4, GATEWAY_V6};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::ipam::{IpamError, Store};
+use crate::protocol::{
+    at_least, require_supported, version_info, CniError, CniResult, Code, Interface, IpConfig, Route, CURRENT_VERSION,
+};
+
+/// Where the node agent listens for pods being added.
+pub const DEFAULT_AGENT_SOCKET: &str = "/run/palisade/cni.sock";
+const DEFAULT_DATA_DIR: &str = "/var/lib/palisade/ipam";
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Ipam {
+    /// Pod CIDRs of this node, one address is taken from each.
+    #[serde(default)]
+    ranges: Vec<IpNet>,
+    #[serde(default)]
+    data_dir: Option<PathBuf>,
+}
+
+/// The network config the runtime passes on stdin.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetConf {
+    #[serde(default = "default_version")]
+    pub cni_version: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    ipam: Option<Ipam>,
+    /// The agent's socket; ADD fails if the agent does not confirm.
+    #[serde(default)]
+    agent_socket: Option<PathBuf>,
+    /// How long ADD waits for the agent to put the pod's policy in place.
+    #[serde(default)]
+    agent_timeout_ms: Option<u64>,
+    #[serde(default)]
+    prev_result: Option<Value>,
+    #[serde(default, rename = "cni.dev/valid-attachments")]
+    valid_attachments: Option<Vec<Attachment>>,
+    #[serde(default, rename = "cni.dev/attachments")]
+    attachments: Option<Vec<Attachment>>,
+}
+
+fn default_version() -> String {
+    "0.1.0".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Attachment {
+    #[serde(rename = "containerID")]
+    container_id: String,
+    ifname: String,
+}
+
+/// What one invocation prints and how it exits.
+#[derive(Debug, PartialEq)]
+pub struct Outcome {
+    pub stdout: String,
+    pub exit: i32,
+}
+
+/// Runs one command. `env` holds the CNI_* variables.
+pub fn run(env: &HashMap<String, String>, stdin: &str) -> Outcome {
+    let command = env.get("CNI_COMMAND").map(String::as_str).unwrap_or("");
+    // VERSION answers whatever the config says.
+    if command == "VERSION" {
+        let version = serde_json::from_str::<Value>(stdin)
+            .ok()
+            .and_then(|v| v["cniVersion"].as_str().map(str::to_string))
+            .unwrap_or_else(|| CURRENT_VERSION.into());
+        return Outcome { stdout: version_info(&version).to_string(), exit: 0 };
+    }
+    let version = serde_json::from_str::<Value>(stdin)
+        .ok()
+        .and_then(|v| v["cniVersion"].as_str().map(str::to_string))
+        .unwrap_or_else(|| CURRENT_VERSION.into());
+    match dispatch(command, env, stdin) {
+        Ok(Some(result)) => Outcome { stdout: result.to_string(), exit: 0 },
+        Ok(None) => Outcome { stdout: String::new(), exit: 0 },
+        Err(e) => Outcome { stdout: e.to_json(&version).to_string(), exit: 1 },
+    }
+}
+
+fn dispatch(command: &str, env: &HashMap<String, String>, stdin: &str) -> Result<Option<Value>, CniError> {
+    let conf: NetConf = serde_json::from_str(stdin)
+        .map_err(|e| CniError::new(Code::Decode, "cannot decode the network configuration", e.to_string()))?;
+    require_supported(&conf.cni_version)?;
+    let var = |name: &str| -> Result<String, CniError> {
+        env.get(name).filter(|v| !v.is_empty()).cloned().ok_or_else(|| {
+            CniError::new(Code::InvalidEnvironment, "missing environment variable", format!("{name} is required"))
+        })
+    };
+    match command {
+        "ADD" => add(&conf, &var("CNI_CONTAINERID")?, &var("CNI_NETNS")?, &var("CNI_IFNAME")?, env).map(Some),
+        "DEL" => del(&conf, &var("CNI_CONTAINERID")?, env.get("CNI_NETNS").map(String::as_str), &var("CNI_IFNAME")?)
+            .map(|_| None),
+        "CHECK" => {
+            if !at_least(&conf.cni_version, "0.4.0") {
+                return Err(CniError::new(
+                    Code::IncompatibleVersion,
+                    "CHECK needs CNI 0.4.0 or later",
+                    &conf.cni_version,
+                ));
+            }
+            check(&conf, &var("CNI_CONTAINERID")?, &var("CNI_NETNS")?, &var("CNI_IFNAME")?).map(|_| None)
+        }
+        "GC" => {
+            if !at_least(&conf.cni_version, "1.1.0") {
+                return Err(CniError::new(Code::IncompatibleVersion, "GC needs CNI 1.1.0", &conf.cni_version));
+            }
+            gc(&conf).map(|_| None)
+        }
+        "STATUS" => {
+            if !at_least(&conf.cni_version, "1.1.0") {
+                return Err(CniError::new(Code::IncompatibleVersion, "STATUS needs CNI 1.1.0", &conf.cni_version));
+            }
+            status(&conf).map(|_| None)
+        }
+        "" => Err(CniError::new(Code::InvalidEnvironment, "missing environment variable", "CNI_COMMAND is required")),
+        other => Err(CniError::new(Code::InvalidEnvironment, "unknown CNI_COMMAND", other)),
+    }
+}
+
+fn ipam_error(e: IpamError) -> CniError {
+    match e {
+        IpamError::Exhausted(range) => CniError::new(Code::PoolExhausted, "address pool exhausted", range.to_string()),
+        IpamError::TooSmall(range) => {
+            CniError::new(Code::InvalidConfig, "invalid ipam range", e.to_string() + &format!(" ({range})"))
+        }
+        IpamError::Io { .. } => CniError::new(Code::Io, "ipam store", e.to_string()),
+    }
+}
+
+fn store(conf: &NetConf) -> Result<(Store, Vec<IpNet>), CniError> {
+    let ipam = conf.ipam.as_ref().ok_or_else(|| {
+        CniError::new(Code::InvalidConfig, "invalid network configuration", "ipam.ranges is required")
+    })?;
+    if ipam.ranges.is_empty() {
+        return Err(CniError::new(Code::InvalidConfig, "invalid network configuration", "ipam.ranges is empty"));
+    }
+    let dir = ipam.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    Ok((Store::open(&dir, &conf.name).map_err(ipam_error)?, ipam.ranges.clone()))
+}
+
+/// The node-side interface: stable per attachment, at most 15 bytes.
+pub fn host_ifname(container_id: &str, ifname: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in container_id.bytes().chain([0]).chain(ifname.bytes()) {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("pal{:011x}", h & 0xfff_ffff_ffff)
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> CniError {
+    CniError::new(Code::Internal, what.to_string(), e.to_string())
+}
+
+fn add(
+    conf: &NetConf,
+    container_id: &str,
+    netns: &str,
+    ifname: &str,
+    env: &HashMap<String, String>,
+) -> Result<Value, CniError> {
+    if !Path::new(netns).exists() {
+        return Err(CniError::new(Code::InvalidEnvironment, "invalid CNI_NETNS", format!("{netns} does not exist")));
+    }
+    let (store, ranges) = store(conf)?;
+    let ips = store.allocate(container_id, ifname, &ranges).map_err(ipam_error)?;
+    let host_if = host_ifname(container_id, ifname);
+    let link = PodLink {
+        pod: Netns::named(netns),
+        node: Netns::named("/proc/thread-self/ns/net"),
+        host_if: host_if.clone(),
+        pod_if: ifname.to_string(),
+        addresses: ips.clone(),
+    };
+    let wired = || -> Result<(), CniError> {
+        // ADD again for the same attachment: the pair is there already.
+        if Path::new(&format!("/sys/class/net/{host_if}")).exists() {
+            return Ok(());
+        }
+        link.attach().map_err(|e| internal("wiring the pod", e))
+    };
+    let result = wired().and_then(|_| confirm_policy(conf, container_id, netns, ifname, &ips, env));
+    if let Err(e) = result {
+        // Fail closed and leave nothing behind: no address, no link.
+        let _ = link.detach();
+        let _ = store.release(container_id, ifname);
+        return Err(e);
+    }
+    let mac = std::fs::read_to_string(format!("/sys/class/net/{host_if}/address")).unwrap_or_default();
+    let mut result = CniResult {
+        interfaces: vec![
+            Interface { name: host_if, mac: mac.trim().to_string(), sandbox: String::new() },
+            Interface { name: ifname.to_string(), mac: String::new(), sandbox: netns.to_string() },
+        ],
+        ips: ips
+            .iter()
+            .map(|ip| IpConfig { address: IpNet::from(*ip), gateway: Some(gateway(ip)), interface: Some(1) })
+            .collect(),
+        routes: Vec::new(),
+        dns: Value::Null,
+    };
+    if ips.iter().any(IpAddr::is_ipv4) {
+        result.routes.push(Route { dst: "0.0.0.0/0".parse().expect("cidr"), gw: Some(gateway_v4()) });
+    }
+    if ips.iter().any(IpAddr::is_ipv6) {
+        result.routes.push(Route { dst: "::/0".parse().expect("cidr"), gw: Some(GATEWAY_V6.parse().expect("ip")) });
+    }
+    Ok(result.to_version(&conf.cni_version))
+}
+
+fn gateway_v4() -> IpAddr {
+    GATEWAY_V4.parse().expect("gateway")
+}
+
+fn gateway(ip: &IpAddr) -> IpAddr {
+    if ip.is_ipv4() {
+        gateway_v4()
+    } else {
+        GATEWAY_V6.parse().expect("gateway")
+    }
+}
+
+/// Fail closed: ADD succeeds only once the node agent says the pod's
+/// policy is in the kernel. One JSON line each way, bounded in time.
+fn confirm_policy(
+    conf: &NetConf,
+    container_id: &str,
+    netns: &str,
+    ifname: &str,
+    ips: &[IpAddr],
+    env: &HashMap<String, String>,
+) -> Result<(), CniError> {
+    let socket = conf.agent_socket.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_AGENT_SOCKET));
+    let timeout = Duration::from_millis(conf.agent_timeout_ms.unwrap_or(5000));
+    let args: HashMap<&str, &str> =
+        env.get("CNI_ARGS").map(String::as_str).unwrap_or("").split(';').filter_map(|kv| kv.split_once('=')).collect();
+    let request = json!({
+        "op": "add",
+        "containerID": container_id,
+        "netns": netns,
+        "ifname": ifname,
+        "ips": ips,
+        "podNamespace": args.get("K8S_POD_NAMESPACE"),
+        "podName": args.get("K8S_POD_NAME"),
+    });
+    let not_ready = |why: String| {
+        CniError::new(
+            Code::PolicyNotReady,
+            "the pod's network policy is not confirmed; refusing to start it unprotected",
+            format!("palisade agent at {}: {why}", socket.display()),
+        )
+    };
+    let mut stream = UnixStream::connect(&socket).map_err(|e| not_ready(format!("cannot connect: {e}")))?;
+    stream.set_read_timeout(Some(timeout)).map_err(|e| not_ready(e.to_string()))?;
+    stream.set_write_timeout(Some(timeout)).map_err(|e| not_ready(e.to_string()))?;
+    writeln!(stream, "{request}").map_err(|e| not_ready(format!("cannot send: {e}")))?;
+    let mut line = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut line)
+        .map_err(|e| not_ready(format!("no answer within {} ms: {e}", timeout.as_millis())))?;
+    let answer: Value = serde_json::from_str(&line).map_err(|e| not_ready(format!("bad answer {line:?}: {e}")))?;
+    if answer["ok"] == json!(true) {
+        Ok(())
+    } else {
+        Err(not_ready(answer["error"].as_str().unwrap_or("refused").to_string()))
+    }
+}
+
+fn del(conf: &NetConf, container_id: &str, netns: Option<&str>, ifname: &str) -> Result<(), CniError> {
+    let (store, _) = store(conf)?;
+    let host_if = host_ifname(container_id, ifname);
+    // Deleting the host end deletes the pair; gone already (with the pod's
+    // namespace) is fine.
+    if Path::new(&format!("/sys/class/net/{host_if}")).exists() {
+        Netns::named("/proc/thread-self/ns/net")
+            .ip_batch(&format!("link del {host_if}\n"))
+            .map_err(|e| internal("removing the pod's link", e))?;
+    }
+    let _ = netns;
+    store.release(container_id, ifname).map_err(ipam_error)?;
+    Ok(())
+}
+
+fn check(conf: &NetConf, container_id: &str, netns: &str, ifname: &str) -> Result<(), CniError> {
+    let prev = conf
+        .prev_result
+        .as_ref()
+        .ok_or_else(|| CniError::new(Code::InvalidConfig, "CHECK needs prevResult", "prevResult is missing"))?;
+    let prev = CniResult::from_json(prev)?;
+    let (store, _) = store(conf)?;
+    let held = store.lookup(container_id, ifname).map_err(ipam_error)?;
+    for ip in prev.ips.iter().map(|c| c.address.addr()) {
+        if !held.contains(&ip) {
+            return Err(internal("CHECK", format!("{ip} of prevResult is not allocated to {container_id}/{ifname}")));
+        }
+    }
+    let host_if = host_ifname(container_id, ifname);
+    if !Path::new(&format!("/sys/class/net/{host_if}")).exists() {
+        return Err(internal("CHECK", format!("the node side {host_if} is missing")));
+    }
+    let addrs = Netns::named(netns)
+        .exec("ip", &["-o", "addr", "show", "dev", ifname], None)
+        .map_err(|e| internal("CHECK", e))?;
+    for ip in &held {
+        if !addrs.contains(&format!(" {ip}/")) {
+            return Err(internal("CHECK", format!("{ip} is not on {ifname} in {netns}")));
+        }
+    }
+    Ok(())
+}
+
+fn gc(conf: &NetConf) -> Result<(), CniError> {
+    let (store, _) = store(conf)?;
+    let Some(valid) = conf.valid_attachments.as_ref().or(conf.attachments.as_ref()) else {
+        return Ok(()); // nothing said: nothing to collect
+    };
+    let valid: Vec<(String, String)> = valid.iter().map(|a| (a.container_id.clone(), a.ifname.clone())).collect();
+    for gone in store.gc(&valid).map_err(ipam_error)? {
+        let host_if = host_ifname(&gone.container_id, &gone.ifname);
+        if Path::new(&format!("/sys/class/net/{host_if}")).exists() {
+            let _ = Netns::named("/proc/thread-self/ns/net").ip_batch(&format!("link del {host_if}\n"));
+        }
+    }
+    Ok(())
+}
+
+/// Ready when the agent answers on its socket.
+fn status(conf: &NetConf) -> Result<(), CniError> {
+    let socket = conf.agent_socket.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_AGENT_SOCKET));
+    UnixStream::connect(&socket).map(|_| ()).map_err(|e| {
+        CniError::new(
+            Code::NotAvailable,
+            "the palisade agent is not running; new pods cannot be started",
+            format!("{}: {e}", socket.display()),
+        )
+    })
+}
