@@ -1,0 +1,13 @@
+//! `palisade agent`: one per node. It reads the cluster from a state source
+//! (a directory of manifests now; the Kubernetes API next), keeps the
+//! node's nftables table in step through the engine and the incremental
+//! compiler, and answers the CNI plugin: a pod's ADD is confirmed only once
+//! its policy is in the kernel.
+//!
+//! Work in progress (issue #4): the `dir` source, the node state and the
+//! CNI socket are here; the reconcile loop's debounce and backoff, the
+//! `kube` source, metrics, health endpoints and the CLI come next.
+
+pub mod cni_socket;
+pub mod node;
+pub mod source;

@@ -1,0 +1,94 @@
+//! State sources. `DirSource` reads a directory of manifests (the embedded
+//! default the lab and single-machine users run) and reports a new cluster
+//! state when the files change. Invalid input is an error naming the file,
+//! object and field; the caller keeps the last good state.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use palisade_model::{parse_sources, read_paths, Cluster};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{dir}: {count} problem(s), the last good state stays in force:\n{problems}")]
+    Invalid { dir: PathBuf, count: usize, problems: String },
+}
+
+/// A directory of manifests, read again when any file in it changes.
+pub struct DirSource {
+    dir: PathBuf,
+    seen: Option<Vec<(PathBuf, u64, Option<SystemTime>)>>,
+}
+
+impl DirSource {
+    pub fn new(dir: &Path) -> Self {
+        DirSource { dir: dir.to_path_buf(), seen: None }
+    }
+
+    /// Names, sizes and modification times of the files: a change in any
+    /// of them means a new read.
+    fn fingerprint(&self) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.dir.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                let Ok(meta) = entry.metadata() else { continue };
+                if meta.is_dir() {
+                    stack.push(path);
+                } else {
+                    out.push((path, meta.len(), meta.modified().ok()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// `Some(cluster)` when the directory changed since the last call (the
+    /// first call always reads), `None` when nothing changed.
+    pub fn poll(&mut self) -> Result<Option<Cluster>, SourceError> {
+        let now = self.fingerprint();
+        if self.seen.as_ref() == Some(&now) {
+            return Ok(None);
+        }
+        self.seen = Some(now);
+        let (sources, mut problems) = read_paths(std::slice::from_ref(&self.dir));
+        let (cluster, more, _) = Cluster::from_manifests(parse_sources(&sources));
+        problems.extend(more);
+        if !problems.is_empty() {
+            let text: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
+            return Err(SourceError::Invalid {
+                dir: self.dir.clone(),
+                count: problems.len(),
+                problems: text.join("\n"),
+            });
+        }
+        Ok(Some(cluster))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_changes_and_refuses_invalid_input() {
+        let dir = std::env::temp_dir().join(format!("palisade-dirsource-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let pod =
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nspec: {containers: [{name: c, image: i}]}\n";
+        std::fs::write(dir.join("a.yaml"), pod).unwrap();
+        let mut source = DirSource::new(&dir);
+        assert_eq!(source.poll().unwrap().unwrap().endpoints.len(), 1);
+        assert!(source.poll().unwrap().is_none(), "no change, no new state");
+        std::fs::write(dir.join("b.yaml"), pod.replace("name: a", "name: b")).unwrap();
+        assert_eq!(source.poll().unwrap().unwrap().endpoints.len(), 2);
+        std::fs::write(dir.join("bad.yaml"), "apiVersion: v1\nkind: Pod\nmetadata: {name: c}\nspec: {containers: 7}\n")
+            .unwrap();
+        let err = source.poll().unwrap_err().to_string();
+        assert!(err.contains("bad.yaml") && err.contains("last good state"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
