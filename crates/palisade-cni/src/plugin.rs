@@ -290,16 +290,24 @@ fn confirm_policy(
 fn del(conf: &NetConf, container_id: &str, netns: Option<&str>, ifname: &str) -> Result<(), CniError> {
     let (store, _) = store(conf)?;
     let host_if = host_ifname(container_id, ifname);
-    // Deleting the host end deletes the pair; gone already (with the pod's
-    // namespace) is fine.
-    if Path::new(&format!("/sys/class/net/{host_if}")).exists() {
-        Netns::named("/proc/thread-self/ns/net")
-            .ip_batch(&format!("link del {host_if}\n"))
-            .map_err(|e| internal("removing the pod's link", e))?;
-    }
     let _ = netns;
+    remove_link(&host_if)?;
     store.release(container_id, ifname).map_err(ipam_error)?;
     Ok(())
+}
+
+/// Deletes the node side of a pod's veth (which deletes the pair). Gone
+/// already is fine: the kernel removes the pair by itself, a moment after
+/// the pod's namespace is deleted, so it can vanish under us.
+fn remove_link(host_if: &str) -> Result<(), CniError> {
+    let exists = || Path::new(&format!("/sys/class/net/{host_if}")).exists();
+    if !exists() {
+        return Ok(());
+    }
+    match Netns::named("/proc/thread-self/ns/net").ip_batch(&format!("link del {host_if}\n")) {
+        Err(e) if exists() => Err(internal("removing the pod's link", e)),
+        _ => Ok(()),
+    }
 }
 
 fn check(conf: &NetConf, container_id: &str, netns: &str, ifname: &str) -> Result<(), CniError> {
@@ -337,10 +345,7 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
     };
     let valid: Vec<(String, String)> = valid.iter().map(|a| (a.container_id.clone(), a.ifname.clone())).collect();
     for gone in store.gc(&valid).map_err(ipam_error)? {
-        let host_if = host_ifname(&gone.container_id, &gone.ifname);
-        if Path::new(&format!("/sys/class/net/{host_if}")).exists() {
-            let _ = Netns::named("/proc/thread-self/ns/net").ip_batch(&format!("link del {host_if}\n"));
-        }
+        remove_link(&host_ifname(&gone.container_id, &gone.ifname))?;
     }
     Ok(())
 }
