@@ -9,5 +9,6 @@
 //! `kube` source, metrics, health endpoints and the CLI come next.
 
 pub mod cni_socket;
+pub mod daemon;
 pub mod node;
 pub mod source;

@@ -12,9 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use palisade_agent::cni_socket::CniSocket;
-use palisade_agent::node::{LocalPod, NodeAgent};
-use palisade_agent::source::DirSource;
+use palisade_agent::daemon::{run, Config};
 use palisade_dataplane::netns::Netns;
 use palisade_dataplane::podnet::enable_forwarding;
 use palisade_dataplane::DenyAction;
@@ -108,27 +106,19 @@ fn add_returns_only_with_the_policy_in_place() {
     node.ip_batch("link add uplink type veth peer name uplink-end\nlink set uplink up\nlink set uplink-end up\nroute add default dev uplink\n").unwrap();
     let socket_path = dir.join("agent.sock");
 
-    // The agent: source, node state, socket; one loop.
+    // The agent's loop, as `palisade agent` runs it, on the node.
     let stop = Arc::new(AtomicBool::new(false));
     let agent = {
-        let (stop, node, dir, socket_path) = (stop.clone(), node.name.clone(), dir.clone(), socket_path.clone());
-        std::thread::spawn(move || {
-            let mut source = DirSource::new(&dir.join("manifests"));
-            let mut state = NodeAgent::new(Some(&node), DenyAction::Reject);
-            let socket = CniSocket::bind(&socket_path).unwrap();
-            while !stop.load(Ordering::Relaxed) {
-                if let Some(cluster) = source.poll().unwrap() {
-                    state.set_cluster(cluster);
-                    state.apply().unwrap();
-                }
-                socket.serve_pending(|req| {
-                    let host_if = palisade_cni::plugin::host_ifname(&req.container_id, &req.ifname);
-                    state.pod_added(req.pod, LocalPod { host_if, ips: req.ips }).map_err(|e| e.to_string())?;
-                    state.apply().map_err(|e| e.to_string())
-                });
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
+        let config = Config {
+            dir: dir.join("manifests"),
+            socket: socket_path.clone(),
+            netns: Some(node.name.clone()),
+            deny: DenyAction::Reject,
+            poll: Duration::from_millis(50),
+            host_ifname: palisade_cni::plugin::host_ifname,
+        };
+        let stop = stop.clone();
+        std::thread::spawn(move || run(&config, &stop, &mut |line| eprintln!("agent: {line}")).unwrap())
     };
     while !socket_path.exists() {
         std::thread::sleep(Duration::from_millis(10));

@@ -33,6 +33,8 @@ pub enum Command {
     /// A real cluster network in network namespaces on this machine (root): real packets against the engine.
     #[command(subcommand)]
     Lab(LabCommand),
+    /// The node agent: keeps this node's kernel in step with the cluster and confirms pods to palisade-cni (root).
+    Agent(AgentArgs),
     /// Benchmark tools: generate realistic clusters.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -43,6 +45,25 @@ pub enum Command {
     },
     /// Print the man page (roff).
     Man,
+}
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// A directory of manifests to read the cluster from (re-read when it changes).
+    #[arg(long, value_name = "PATH")]
+    pub dir: PathBuf,
+    /// Where palisade-cni connects to have pods confirmed.
+    #[arg(long, default_value = "/run/palisade/cni.sock")]
+    pub socket: PathBuf,
+    /// Program the kernel of this named network namespace instead of the agent's own (the lab's nodes).
+    #[arg(long)]
+    pub netns: Option<String>,
+    /// What happens to denied traffic.
+    #[arg(long, value_enum, default_value = "drop")]
+    pub deny: DenyArg,
+    /// How often the directory is checked for changes, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    pub poll_ms: u64,
 }
 
 #[derive(Args)]

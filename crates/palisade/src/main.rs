@@ -12,6 +12,7 @@ fn run(cli: Cli, ui: &Ui, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Lint(args) => palisade::commands::lint::run(&args, ui, out),
         Command::Diff(args) => palisade::commands::diff::run(&args, ui, out),
         Command::Lab(cmd) => palisade::commands::lab::run(cmd, ui, out),
+        Command::Agent(args) => palisade::commands::agent::run(&args, ui),
         Command::Bench(BenchCommand::Gen(g)) => {
             let spec =
                 palisade::gen::Spec { namespaces: g.namespaces, pods: g.pods, policies: g.policies, seed: g.seed };

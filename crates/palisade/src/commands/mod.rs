@@ -1,3 +1,4 @@
+pub mod agent;
 pub mod analyze;
 pub mod bench;
 pub mod bench_dataplane;
