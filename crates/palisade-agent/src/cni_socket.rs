@@ -1,8 +1,12 @@
-//! The socket the CNI plugin talks to: one JSON line in (`{"op": "add",
-//! "containerID", "netns", "ifname", "ips", "podNamespace", "podName"}`),
-//! one line out (`{"ok": true}` once the pod's policy is in the kernel, or
-//! `{"error": "..."}`). A connection without a line is a readiness check
-//! (the plugin's STATUS).
+//! The local socket the CNI plugin (and the lab) talk to: one JSON line in,
+//! one line out.
+//! - `{"op": "add", "containerID", "netns", "ifname", "ips", "podNamespace",
+//!   "podName"}` → `{"ok": true}` once the pod's policy is in the kernel, or
+//!   `{"error": "..."}`;
+//! - `{"op": "del", "containerID", "ifname"}` → `{"ok": true}`;
+//! - `{"op": "status"}` → `{"ok": true, "ready", "applied", ...}`.
+//!
+//! A connection that sends nothing is a liveness check (the plugin's STATUS).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::IpAddr;
@@ -22,6 +26,13 @@ pub struct AddRequest {
     pub ips: Vec<IpAddr>,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Add(AddRequest),
+    Del { container_id: String, ifname: String },
+    Status,
+}
+
 pub struct CniSocket {
     listener: UnixListener,
 }
@@ -38,49 +49,95 @@ impl CniSocket {
         Ok(CniSocket { listener })
     }
 
-    /// Serves the connections waiting now, calling `add` for each request;
-    /// returns at once if there are none.
-    pub fn serve_pending(&self, mut add: impl FnMut(AddRequest) -> Result<(), String>) {
+    /// Serves the connections waiting now, calling `handle` for each
+    /// request (its `Ok` value is merged into `{"ok": true}`); returns at
+    /// once if there are none.
+    pub fn serve_pending(&self, mut handle: impl FnMut(Request) -> Result<Value, String>) {
         while let Ok((stream, _)) = self.listener.accept() {
-            let _ = serve_one(stream, &mut add);
+            let _ = serve_one(stream, &mut handle);
         }
     }
 }
 
-fn serve_one(stream: UnixStream, add: &mut impl FnMut(AddRequest) -> Result<(), String>) -> std::io::Result<()> {
+fn serve_one(stream: UnixStream, handle: &mut impl FnMut(Request) -> Result<Value, String>) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut line = String::new();
     if BufReader::new(&stream).read_line(&mut line)? == 0 {
-        return Ok(()); // a readiness check
+        return Ok(()); // a liveness check
     }
-    let answer = match parse(&line) {
-        Ok(request) => match add(request) {
-            Ok(()) => json!({"ok": true}),
-            Err(e) => json!({"error": e}),
-        },
+    let answer = match parse(&line).and_then(&mut *handle) {
+        Ok(extra) => {
+            let mut answer = json!({"ok": true});
+            if let (Some(a), Value::Object(extra)) = (answer.as_object_mut(), extra) {
+                a.extend(extra);
+            }
+            answer
+        }
         Err(e) => json!({"error": e}),
     };
     writeln!(&stream, "{answer}")
 }
 
-fn parse(line: &str) -> Result<AddRequest, String> {
+fn parse(line: &str) -> Result<Request, String> {
     let v: Value = serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))?;
-    if v["op"] != "add" {
-        return Err(format!("unknown op {}", v["op"]));
-    }
     let text = |k: &str| v[k].as_str().map(str::to_string).ok_or_else(|| format!("request without {k}"));
-    let (namespace, name) = (text("podNamespace")?, text("podName")?);
-    let ips = v["ips"]
-        .as_array()
-        .ok_or("request without ips")?
-        .iter()
-        .map(|ip| ip.as_str().and_then(|s| s.parse().ok()).ok_or(format!("bad address {ip}")))
-        .collect::<Result<_, _>>()?;
-    Ok(AddRequest {
-        pod: EndpointKey::pod(&namespace, &name),
-        container_id: text("containerID")?,
-        ifname: text("ifname")?,
-        ips,
-    })
+    match v["op"].as_str() {
+        Some("add") => {
+            let (namespace, name) = (text("podNamespace")?, text("podName")?);
+            let ips = v["ips"]
+                .as_array()
+                .ok_or("request without ips")?
+                .iter()
+                .map(|ip| ip.as_str().and_then(|s| s.parse().ok()).ok_or(format!("bad address {ip}")))
+                .collect::<Result<_, _>>()?;
+            Ok(Request::Add(AddRequest {
+                pod: EndpointKey::pod(&namespace, &name),
+                container_id: text("containerID")?,
+                ifname: text("ifname")?,
+                ips,
+            }))
+        }
+        Some("del") => Ok(Request::Del { container_id: text("containerID")?, ifname: text("ifname")? }),
+        Some("status") => Ok(Request::Status),
+        _ => Err(format!("unknown op {}", v["op"])),
+    }
+}
+
+/// One request to the agent at `socket`, bounded by `timeout`: the
+/// answer, or why there is none. (The lab's side of the protocol; the
+/// plugin has its own copy so it needs nothing from this crate.)
+pub fn call(socket: &Path, request: &Value, timeout: Duration) -> Result<Value, String> {
+    let stream = UnixStream::connect(socket).map_err(|e| format!("{}: {e}", socket.display()))?;
+    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    stream.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    writeln!(&stream, "{request}").map_err(|e| format!("{}: {e}", socket.display()))?;
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line).map_err(|e| format!("{}: {e}", socket.display()))?;
+    let answer: Value = serde_json::from_str(&line).map_err(|e| format!("bad answer {line:?}: {e}"))?;
+    match answer["error"].as_str() {
+        Some(e) => Err(e.to_string()),
+        None => Ok(answer),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_op_and_refuses_the_rest() {
+        let add = r#"{"op":"add","containerID":"c","netns":"/n","ifname":"eth0","ips":["10.0.0.1"],"podNamespace":"x","podName":"a"}"#;
+        let Request::Add(a) = parse(add).unwrap() else { panic!("not an add") };
+        assert_eq!(a.pod, EndpointKey::pod("x", "a"));
+        assert_eq!(a.ips, vec!["10.0.0.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            parse(r#"{"op":"del","containerID":"c","ifname":"eth0"}"#).unwrap(),
+            Request::Del { container_id: "c".into(), ifname: "eth0".into() }
+        );
+        assert_eq!(parse(r#"{"op":"status"}"#).unwrap(), Request::Status);
+        assert!(parse(r#"{"op":"add","containerID":"c"}"#).unwrap_err().contains("podNamespace"));
+        assert!(parse(r#"{"op":"nope"}"#).unwrap_err().contains("unknown op"));
+        assert!(parse("{").unwrap_err().contains("bad request"));
+    }
 }

@@ -1,16 +1,18 @@
 //! The agent's loop: read the source when it changes, confirm pods to the
-//! CNI plugin, and put every change into the kernel. A failed apply keeps
-//! the last good state in the kernel and is retried with backoff (as a
-//! whole-table replace); a pod is confirmed only by a successful apply.
+//! CNI plugin, and put every change into the kernel. Source changes are
+//! debounced (a burst of writes becomes one transaction, bounded in delay);
+//! a failed apply keeps the last good state in the kernel and is retried
+//! with backoff (as a whole-table replace); a pod is confirmed only by a
+//! successful apply.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use palisade_dataplane::DenyAction;
+use serde_json::json;
 
-use crate::cni_socket::CniSocket;
-use crate::node::{LocalPod, NodeAgent};
+use crate::cni_socket::{CniSocket, Request};
+use crate::node::{LocalPod, NodeAgent, NodeError, NodeOptions};
 use crate::source::DirSource;
 
 pub struct Config {
@@ -18,63 +20,158 @@ pub struct Config {
     pub dir: PathBuf,
     /// Where the CNI plugin connects.
     pub socket: PathBuf,
-    /// The network namespace whose kernel is programmed (`None`: this one).
-    pub netns: Option<String>,
-    pub deny: DenyAction,
+    pub node: NodeOptions,
     /// How often the source is checked for changes.
     pub poll: Duration,
+    /// A source change is applied once the source has been quiet this long,
+    /// or at the latest `max_delay` after the first change of a burst.
+    pub debounce: Duration,
+    pub max_delay: Duration,
     /// Names the node side of a pod's veth from (container id, ifname),
     /// as the CNI plugin does.
     pub host_ifname: fn(&str, &str) -> String,
+    /// Exit when this process is gone (the lab's agents die with the lab).
+    pub owner_pid: Option<i32>,
 }
 
-/// Runs until `stop` is set. Leaves the kernel's state in place on exit:
-/// enforcement outlives the agent.
-pub fn run(config: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&str)) -> std::io::Result<()> {
+impl Config {
+    pub fn new(dir: PathBuf, socket: PathBuf, host_ifname: fn(&str, &str) -> String) -> Self {
+        Config {
+            dir,
+            socket,
+            node: NodeOptions::default(),
+            poll: Duration::from_millis(200),
+            debounce: Duration::from_millis(50),
+            max_delay: Duration::from_millis(500),
+            host_ifname,
+            owner_pid: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("listening on {path}: {source}")]
+    Socket { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Node(#[from] NodeError),
+}
+
+/// What the loop reports as it goes (for logs and metrics).
+#[derive(Debug)]
+pub enum Event<'a> {
+    SourceInvalid(&'a str),
+    Applied {
+        latency: Duration,
+        changed: bool,
+    },
+    ApplyFailed {
+        error: &'a NodeError,
+        retry_in: Duration,
+    },
+    PodConfirmed(&'a str),
+    PodRefused(&'a str, &'a str),
+    PodDeleted(&'a str),
+    /// The loop is alive (about once a second).
+    Tick,
+}
+
+/// Runs until `stop` is set (or the owner process is gone). Leaves the
+/// kernel's state in place on exit: enforcement outlives the agent.
+pub fn run(config: &Config, stop: &AtomicBool, report: &mut dyn FnMut(Event, &NodeAgent)) -> Result<(), DaemonError> {
     let mut source = DirSource::new(&config.dir);
-    let mut node = NodeAgent::new(config.netns.as_deref(), config.deny);
-    let socket = CniSocket::bind(&config.socket)?;
+    let mut node = NodeAgent::new(config.node.clone())?;
+    let socket = CniSocket::bind(&config.socket)
+        .map_err(|source| DaemonError::Socket { path: config.socket.clone(), source })?;
     let mut next_poll = Instant::now();
-    let mut dirty = false;
+    // (first change of the burst, last change) not yet applied.
+    let mut burst: Option<(Instant, Instant)> = None;
+    let mut failing = false;
     let mut backoff = Duration::from_millis(100);
     let mut retry_at = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        if Instant::now() >= next_poll {
-            next_poll = Instant::now() + config.poll;
+    // The source state the kernel holds (its digest), once applied.
+    let mut applied: Option<String> = None;
+    let mut read: Option<String> = None;
+    let mut next_tick = Instant::now();
+    while !stop.load(Ordering::Relaxed) && config.owner_pid.is_none_or(alive) {
+        let now = Instant::now();
+        if now >= next_tick {
+            next_tick = now + Duration::from_secs(1);
+            report(Event::Tick, &node);
+        }
+        if now >= next_poll {
+            next_poll = now + config.poll;
             match source.poll() {
                 Ok(Some(cluster)) => {
                     node.set_cluster(cluster);
-                    dirty = true;
+                    read = source.digest().map(str::to_string);
+                    burst = Some((burst.map_or(now, |b| b.0), now));
                 }
                 Ok(None) => {}
-                Err(e) => log(&format!("source: {e}")),
+                Err(e) => report(Event::SourceInvalid(&e.to_string()), &node),
             }
         }
-        if dirty && Instant::now() >= retry_at {
+        let due = burst.is_some_and(|(first, last)| {
+            now >= last + config.debounce || now >= first + config.max_delay || applied.is_none()
+        });
+        if (due || failing) && now >= retry_at {
+            let started = Instant::now();
             match node.apply() {
-                Ok(()) => {
-                    dirty = false;
+                Ok(changed) => {
+                    let latency = burst.map_or(started.elapsed(), |(first, _)| first.elapsed());
+                    burst = None;
+                    failing = false;
                     backoff = Duration::from_millis(100);
+                    applied = read.clone();
+                    report(Event::Applied { latency, changed }, &node);
                 }
-                Err(e) => {
-                    log(&format!("apply failed, the kernel keeps the last good state; retrying in {backoff:?}: {e}"));
+                Err(error) => {
+                    failing = true;
+                    report(Event::ApplyFailed { error: &error, retry_in: backoff }, &node);
                     retry_at = Instant::now() + backoff;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
         }
-        socket.serve_pending(|req| {
-            let host_if = (config.host_ifname)(&req.container_id, &req.ifname);
-            node.pod_added(req.pod.clone(), LocalPod { host_if, ips: req.ips }).map_err(|e| e.to_string())?;
-            node.apply().map_err(|e| {
-                dirty = true;
-                e.to_string()
-            })?;
-            log(&format!("pod {} confirmed: its policy is in the kernel", req.pod));
-            Ok(())
+        socket.serve_pending(|req| match req {
+            Request::Add(req) => {
+                let host_if = (config.host_ifname)(&req.container_id, &req.ifname);
+                let pod = req.pod.to_string();
+                let added = node.pod_added(req.pod, LocalPod { host_if, ips: req.ips }).and_then(|_| node.apply());
+                match added {
+                    Ok(_) => {
+                        report(Event::PodConfirmed(&pod), &node);
+                        Ok(json!({}))
+                    }
+                    Err(e) => {
+                        failing = matches!(e, NodeError::Apply(_)) || failing;
+                        report(Event::PodRefused(&pod, &e.to_string()), &node);
+                        Err(e.to_string())
+                    }
+                }
+            }
+            Request::Del { container_id, ifname } => {
+                let host_if = (config.host_ifname)(&container_id, &ifname);
+                node.pod_deleted(&host_if).and_then(|_| node.apply()).map_err(|e| {
+                    failing = true;
+                    e.to_string()
+                })?;
+                report(Event::PodDeleted(&host_if), &node);
+                Ok(json!({}))
+            }
+            Request::Status => Ok(json!({
+                "ready": applied.is_some() && !failing,
+                "applied": applied,
+                "localPods": node.local_pods().len(),
+                "endpoints": node.engine().endpoints().count(),
+            })),
         });
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(2));
     }
     let _ = std::fs::remove_file(&config.socket);
     Ok(())
+}
+
+fn alive(pid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
 }

@@ -4,11 +4,10 @@
 //! compiler, and answers the CNI plugin: a pod's ADD is confirmed only once
 //! its policy is in the kernel.
 //!
-//! Work in progress (issue #4): the `dir` source, the node state and the
-//! CNI socket are here; the reconcile loop's debounce and backoff, the
-//! `kube` source, metrics, health endpoints and the CLI come next.
+//! Work in progress (issue #4): the `kube` source comes next.
 
 pub mod cni_socket;
 pub mod daemon;
 pub mod node;
+pub mod ops;
 pub mod source;

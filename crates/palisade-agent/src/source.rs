@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use palisade_model::{parse_sources, read_paths, Cluster};
+use palisade_model::{parse_sources, read_paths, Cluster, Source};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -18,11 +18,32 @@ pub enum SourceError {
 pub struct DirSource {
     dir: PathBuf,
     seen: Option<Vec<(PathBuf, u64, Option<SystemTime>)>>,
+    digest: Option<String>,
+}
+
+/// A digest of manifest texts (FNV-1a over names and contents): which
+/// state of the source the agent has applied, comparable by whoever wrote
+/// the files.
+pub fn digest(sources: &[Source]) -> String {
+    let mut sorted: Vec<&Source> = sources.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for s in sorted {
+        for b in s.name.bytes().chain([0]).chain(s.text.bytes()).chain([0]) {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+/// The digest of what `dir` holds now.
+pub fn digest_dir(dir: &Path) -> String {
+    digest(&read_paths(&[dir.to_path_buf()]).0)
 }
 
 impl DirSource {
     pub fn new(dir: &Path) -> Self {
-        DirSource { dir: dir.to_path_buf(), seen: None }
+        DirSource { dir: dir.to_path_buf(), seen: None, digest: None }
     }
 
     /// Names, sizes and modification times of the files: a change in any
@@ -54,6 +75,7 @@ impl DirSource {
         }
         self.seen = Some(now);
         let (sources, mut problems) = read_paths(std::slice::from_ref(&self.dir));
+        let digest = digest(&sources);
         let (cluster, more, _) = Cluster::from_manifests(parse_sources(&sources));
         problems.extend(more);
         if !problems.is_empty() {
@@ -64,7 +86,13 @@ impl DirSource {
                 problems: text.join("\n"),
             });
         }
+        self.digest = Some(digest);
         Ok(Some(cluster))
+    }
+
+    /// The digest of the last state read without problems.
+    pub fn digest(&self) -> Option<&str> {
+        self.digest.as_deref()
     }
 }
 
@@ -85,10 +113,13 @@ mod tests {
         assert!(source.poll().unwrap().is_none(), "no change, no new state");
         std::fs::write(dir.join("b.yaml"), pod.replace("name: a", "name: b")).unwrap();
         assert_eq!(source.poll().unwrap().unwrap().endpoints.len(), 2);
+        let good = source.digest().unwrap().to_string();
+        assert_eq!(good, digest_dir(&dir), "the writer can compute what the agent read");
         std::fs::write(dir.join("bad.yaml"), "apiVersion: v1\nkind: Pod\nmetadata: {name: c}\nspec: {containers: 7}\n")
             .unwrap();
         let err = source.poll().unwrap_err().to_string();
         assert!(err.contains("bad.yaml") && err.contains("last good state"), "{err}");
+        assert_eq!(source.digest(), Some(good.as_str()), "a refused state is not reported as read");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

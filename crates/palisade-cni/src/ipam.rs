@@ -21,6 +21,10 @@ pub enum IpamError {
     Exhausted(IpNet),
     #[error("{0} is too small to allocate from (a pod range needs at least 4 addresses)")]
     TooSmall(IpNet),
+    #[error("the requested address {0} is in none of the ranges")]
+    NotInRange(IpAddr),
+    #[error("the requested address {ip} is held by {container_id}/{ifname}")]
+    Taken { ip: IpAddr, container_id: String, ifname: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IpamError + '_ {
@@ -74,16 +78,37 @@ impl Store {
     /// attachment asking again gets the addresses it holds (ADD is
     /// idempotent).
     pub fn allocate(&self, container_id: &str, ifname: &str, ranges: &[IpNet]) -> Result<Vec<IpAddr>, IpamError> {
+        self.allocate_requested(container_id, ifname, ranges, &[])
+    }
+
+    /// As [`allocate`](Self::allocate), but a range holding one of
+    /// `requested` gives exactly that address (the CNI `ips` convention:
+    /// static addresses chosen by the runtime), or fails if it is taken.
+    pub fn allocate_requested(
+        &self,
+        container_id: &str,
+        ifname: &str,
+        ranges: &[IpNet],
+        requested: &[IpAddr],
+    ) -> Result<Vec<IpAddr>, IpamError> {
+        if let Some(ip) = requested.iter().find(|ip| !ranges.iter().any(|r| r.contains(*ip))) {
+            return Err(IpamError::NotInRange(*ip));
+        }
         let _lock = self.lock()?;
         let held = self.held_by(container_id, ifname)?;
         let mut out = Vec::new();
         let mut taken_now = Vec::new();
         for (i, range) in ranges.iter().enumerate() {
-            if let Some(ip) = held.iter().find(|ip| range.contains(*ip)) {
+            let wanted = requested.iter().find(|ip| range.contains(*ip));
+            if let Some(ip) = held.iter().find(|ip| range.contains(*ip) && wanted.is_none_or(|w| w == *ip)) {
                 out.push(*ip);
                 continue;
             }
-            match self.reserve(i, range, container_id, ifname) {
+            let reserved = match wanted {
+                Some(ip) => self.reserve_exact(*ip, container_id, ifname),
+                None => self.reserve(i, range, container_id, ifname),
+            };
+            match reserved {
                 Ok(ip) => {
                     taken_now.push(ip);
                     out.push(ip);
@@ -113,6 +138,22 @@ impl Store {
     pub fn lookup(&self, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>, IpamError> {
         let _lock = self.lock()?;
         self.held_by(container_id, ifname)
+    }
+
+    fn reserve_exact(&self, ip: IpAddr, container_id: &str, ifname: &str) -> Result<IpAddr, IpamError> {
+        let path = self.dir.join(ip.to_string());
+        match OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(mut f) => {
+                f.write_all(format!("{container_id}\r\n{ifname}").as_bytes()).map_err(io(&path))?;
+                Ok(ip)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let holder = self.allocations()?.into_iter().find(|a| a.ip == ip);
+                let (container_id, ifname) = holder.map(|a| (a.container_id, a.ifname)).unwrap_or_default();
+                Err(IpamError::Taken { ip, container_id, ifname })
+            }
+            Err(e) => Err(IpamError::Io { path, source: e }),
+        }
     }
 
     fn reserve(&self, index: usize, range: &IpNet, container_id: &str, ifname: &str) -> Result<IpAddr, IpamError> {
@@ -236,6 +277,23 @@ mod tests {
             Store::open(&dir, "x").unwrap().allocate("z", "eth0", &["10.0.0.0/31".parse().unwrap()]),
             Err(IpamError::TooSmall(_))
         ));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn requested_addresses_are_given_exactly_or_refused() {
+        let (s, dir) = store("requested");
+        let ranges: Vec<IpNet> = vec!["10.4.0.0/24".parse().unwrap(), "fd00:4::/64".parse().unwrap()];
+        let want: IpAddr = "10.4.0.77".parse().unwrap();
+        let got = s.allocate_requested("a", "eth0", &ranges, &[want]).unwrap();
+        assert_eq!(got[0], want, "the requested v4 address");
+        assert_eq!(got[1], "fd00:4::1".parse::<IpAddr>().unwrap(), "the v6 range, not requested, allocates");
+        assert_eq!(s.allocate_requested("a", "eth0", &ranges, &[want]).unwrap(), got, "idempotent");
+        let err = s.allocate_requested("b", "eth0", &ranges, &[want]).unwrap_err();
+        assert!(matches!(&err, IpamError::Taken { container_id, .. } if container_id == "a"), "{err}");
+        assert!(s.lookup("b", "eth0").unwrap().is_empty(), "a refused request takes nothing");
+        let outside: IpAddr = "10.9.0.1".parse().unwrap();
+        assert!(matches!(s.allocate_requested("c", "eth0", &ranges, &[outside]), Err(IpamError::NotInRange(_))));
         let _ = std::fs::remove_dir_all(dir);
     }
 

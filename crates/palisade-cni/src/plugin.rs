@@ -52,6 +52,12 @@ pub struct NetConf {
     agent_timeout_ms: Option<u64>,
     #[serde(default)]
     prev_result: Option<Value>,
+    /// `args.cni.ips`: static addresses the runtime asks for.
+    #[serde(default)]
+    args: Option<Value>,
+    /// `runtimeConfig.ips` (the `ips` capability).
+    #[serde(default)]
+    runtime_config: Option<Value>,
     #[serde(default, rename = "cni.dev/valid-attachments")]
     valid_attachments: Option<Vec<Attachment>>,
     #[serde(default, rename = "cni.dev/attachments")]
@@ -146,7 +152,41 @@ fn ipam_error(e: IpamError) -> CniError {
             CniError::new(Code::InvalidConfig, "invalid ipam range", e.to_string() + &format!(" ({range})"))
         }
         IpamError::Io { .. } => CniError::new(Code::Io, "ipam store", e.to_string()),
+        IpamError::NotInRange(_) => CniError::new(Code::InvalidConfig, "invalid requested address", e.to_string()),
+        IpamError::Taken { .. } => CniError::new(Code::AddressInUse, "requested address in use", e.to_string()),
     }
+}
+
+/// The static addresses asked for, by every convention the runtime may
+/// use: `runtimeConfig.ips`, `args.cni.ips` (CIDR or bare address) and
+/// `CNI_ARGS` `IP=a,b` (host-local's).
+fn requested_ips(conf: &NetConf, env: &HashMap<String, String>) -> Result<Vec<IpAddr>, CniError> {
+    let mut texts: Vec<(String, String)> = Vec::new();
+    let mut from = |field: &str, v: Option<&Value>| {
+        for ip in v.and_then(Value::as_array).into_iter().flatten() {
+            texts.push((field.to_string(), ip.as_str().map(str::to_string).unwrap_or_else(|| ip.to_string())));
+        }
+    };
+    from("runtimeConfig.ips", conf.runtime_config.as_ref().map(|r| &r["ips"]));
+    from("args.cni.ips", conf.args.as_ref().map(|a| &a["cni"]["ips"]));
+    let cni_args = env.get("CNI_ARGS").map(String::as_str).unwrap_or("");
+    for ip in cni_args.split(';').filter_map(|kv| kv.strip_prefix("IP=")) {
+        texts.extend(ip.split(',').map(|ip| ("CNI_ARGS IP".to_string(), ip.to_string())));
+    }
+    let mut out: Vec<IpAddr> = Vec::new();
+    for (field, text) in texts {
+        let ip = text.split('/').next().unwrap_or("").parse::<IpAddr>().map_err(|_| {
+            CniError::new(
+                Code::InvalidConfig,
+                "invalid requested address",
+                format!("{field}: {text:?} is not an address"),
+            )
+        })?;
+        if !out.contains(&ip) {
+            out.push(ip);
+        }
+    }
+    Ok(out)
 }
 
 fn store(conf: &NetConf) -> Result<(Store, Vec<IpNet>), CniError> {
@@ -184,7 +224,8 @@ fn add(
         return Err(CniError::new(Code::InvalidEnvironment, "invalid CNI_NETNS", format!("{netns} does not exist")));
     }
     let (store, ranges) = store(conf)?;
-    let ips = store.allocate(container_id, ifname, &ranges).map_err(ipam_error)?;
+    let requested = requested_ips(conf, env)?;
+    let ips = store.allocate_requested(container_id, ifname, &ranges, &requested).map_err(ipam_error)?;
     let host_if = host_ifname(container_id, ifname);
     let link = PodLink {
         pod: Netns::named(netns),
@@ -293,7 +334,23 @@ fn del(conf: &NetConf, container_id: &str, netns: Option<&str>, ifname: &str) ->
     let _ = netns;
     remove_link(&host_if)?;
     store.release(container_id, ifname).map_err(ipam_error)?;
+    tell_agent_deleted(conf, container_id, ifname);
     Ok(())
+}
+
+/// Best effort: DEL succeeds without the agent (the spec wants DEL to
+/// succeed whatever is missing); the agent then forgets the pod when it
+/// sees its link gone, or when the address is handed out again.
+fn tell_agent_deleted(conf: &NetConf, container_id: &str, ifname: &str) {
+    let socket = conf.agent_socket.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_AGENT_SOCKET));
+    let Ok(mut stream) = UnixStream::connect(&socket) else { return };
+    let timeout = Some(Duration::from_millis(conf.agent_timeout_ms.unwrap_or(5000).min(2000)));
+    let _ = stream.set_read_timeout(timeout);
+    let _ = stream.set_write_timeout(timeout);
+    let request = json!({"op": "del", "containerID": container_id, "ifname": ifname});
+    if writeln!(stream, "{request}").is_ok() {
+        let _ = BufReader::new(&stream).read_line(&mut String::new());
+    }
 }
 
 /// Deletes the node side of a pod's veth (which deletes the pair). Gone

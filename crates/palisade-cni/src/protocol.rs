@@ -34,6 +34,8 @@ pub enum Code {
     PolicyNotReady = 101,
     /// Plugin-specific: a kernel or file operation failed.
     Internal = 102,
+    /// Plugin-specific: a requested static address is held by another pod.
+    AddressInUse = 103,
 }
 
 /// An error as the spec prints it on stdout.

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use palisade_agent::daemon::{run, Config};
+use palisade_agent::node::NodeOptions;
 use palisade_dataplane::netns::Netns;
 use palisade_dataplane::podnet::enable_forwarding;
 use palisade_dataplane::DenyAction;
@@ -109,16 +110,16 @@ fn add_returns_only_with_the_policy_in_place() {
     // The agent's loop, as `palisade agent` runs it, on the node.
     let stop = Arc::new(AtomicBool::new(false));
     let agent = {
-        let config = Config {
-            dir: dir.join("manifests"),
-            socket: socket_path.clone(),
+        let mut config = Config::new(dir.join("manifests"), socket_path.clone(), palisade_cni::plugin::host_ifname);
+        config.node = NodeOptions {
             netns: Some(node.name.clone()),
-            deny: DenyAction::Reject,
-            poll: Duration::from_millis(50),
-            host_ifname: palisade_cni::plugin::host_ifname,
+            deny: Some(DenyAction::Reject),
+            state_file: Some(dir.join("local-pods.json")),
+            ..NodeOptions::default()
         };
+        config.poll = Duration::from_millis(50);
         let stop = stop.clone();
-        std::thread::spawn(move || run(&config, &stop, &mut |line| eprintln!("agent: {line}")).unwrap())
+        std::thread::spawn(move || run(&config, &stop, &mut |event, _| eprintln!("agent: {event:?}")).unwrap())
     };
     while !socket_path.exists() {
         std::thread::sleep(Duration::from_millis(10));

@@ -160,7 +160,7 @@ impl NodeCompiler {
     /// Compiles the whole state and returns a transaction replacing the table.
     pub fn resync(&mut self, engine: &Engine, pod_iface: &dyn Fn(EndpointId) -> Option<String>) -> Transaction {
         self.reset();
-        self.rs.add_base();
+        self.rs.add_base(&self.opts);
         let everything =
             Changes { endpoints_changed: engine.endpoints().map(|(id, _)| id).collect(), ..Changes::default() };
         self.patch(engine, &everything, pod_iface).expect("a fresh compile needs no resync");

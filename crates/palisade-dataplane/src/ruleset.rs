@@ -36,11 +36,21 @@ pub enum DenyAction {
 pub struct Options {
     pub table: String,
     pub deny: DenyAction,
+    /// Node-side pod interfaces start with this (palisade-cni's `pal`):
+    /// one that is not a known local pod is dropped both ways, so a pod
+    /// the plugin has wired is unreachable until its policy is in place.
+    pub pod_if_prefix: Option<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { table: "palisade".into(), deny: DenyAction::Drop }
+        Options { table: "palisade".into(), deny: DenyAction::Drop, pod_if_prefix: None }
+    }
+}
+
+impl Options {
+    pub fn new(deny: DenyAction) -> Self {
+        Options { deny, ..Options::default() }
     }
 }
 
@@ -63,7 +73,7 @@ pub fn compile(engine: &Engine, is_local: impl Fn(EndpointId) -> bool, opts: &Op
 /// of the pod's addresses, or they are dropped before anything else.
 pub fn compile_node(engine: &Engine, pod_iface: impl Fn(EndpointId) -> Option<String>, opts: &Options) -> Ruleset {
     let mut rs = Ruleset::default();
-    rs.add_base();
+    rs.add_base(opts);
     let local: Vec<(EndpointId, String)> = engine
         .endpoints()
         .filter(|(_, ep)| !ep.host_network)
@@ -137,7 +147,7 @@ pub(crate) fn local_elements(chains: &[(Direction, String)], iface: &str, ips: &
 
 impl Ruleset {
     /// The static part: the forward hook, anti-spoofing and dispatch sets.
-    pub(crate) fn add_base(&mut self) {
+    pub(crate) fn add_base(&mut self, opts: &Options) {
         let mut set = |name: &str, key: KeyType, map_to: Option<&'static str>, comment: String| {
             let def = SetDef { name: name.to_string(), key, map_to, interval: false, comment };
             self.sets.insert(name.to_string(), (def, BTreeSet::new()));
@@ -163,7 +173,13 @@ impl Ruleset {
             }
         }
         let rule = |e: &str, c: &str| Rule { exprs: vec![e.to_string()], comment: Some(c.to_string()) };
-        let rules = vec![
+        let mut rules = Vec::new();
+        if let Some(prefix) = &opts.pod_if_prefix {
+            let unconfirmed = "a pod wired by palisade-cni whose policy is not in the kernel yet";
+            rules.push(rule(&format!("iifname \"{prefix}*\" iifname != @pod_ifaces drop"), unconfirmed));
+            rules.push(rule(&format!("oifname \"{prefix}*\" oifname != @pod_ifaces drop"), unconfirmed));
+        }
+        rules.extend([
             rule(
                 "meta nfproto ipv4 iifname @pod_ifaces iifname . ip saddr != @pod_src_v4 drop",
                 "anti-spoofing: a pod sends only from its own addresses",
@@ -178,7 +194,7 @@ impl Ruleset {
             rule("ip6 saddr vmap @egress_v6", "egress policy of local pods"),
             rule("ip daddr vmap @ingress_v4", "ingress policy of local pods"),
             rule("ip6 daddr vmap @ingress_v6", "ingress policy of local pods"),
-        ];
+        ]);
         let hook = Hook { kind: "filter", hook: "forward", priority: "filter", policy: "accept" };
         let def = ChainDef {
             name: "forward".into(),

@@ -188,7 +188,7 @@ proptest! {
         steps in prop::collection::vec((change(), prop::bool::weighted(0.7)), 1..16),
         reject in any::<bool>(),
     ) {
-        let opts = Options { table: "palisade".into(), deny: if reject { DenyAction::Reject } else { DenyAction::Drop } };
+        let opts = Options::new(if reject { DenyAction::Reject } else { DenyAction::Drop });
         let mut start = start;
         let mut seen = BTreeSet::new();
         for e in &mut start.endpoints {

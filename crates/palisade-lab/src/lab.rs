@@ -14,6 +14,7 @@ use palisade_engine::{Changes, EndpointId, Engine, Flow, FlowEnd};
 use palisade_model::{Cluster, EndpointKey, Protocol};
 use serde::Serialize;
 
+use crate::agents::{AgentSetup, Agents, AgentsError};
 use crate::plan::{Plan, PlanError};
 use crate::probe::{Outcome, Probe};
 use crate::server::{ServeError, Servers};
@@ -35,6 +36,8 @@ pub enum LabError {
     },
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
+    #[error(transparent)]
+    Agents(#[from] AgentsError),
 }
 
 #[derive(Debug, Clone)]
@@ -48,6 +51,10 @@ pub struct LabOptions {
     /// Keep connections a policy change forbids (default: end them, by
     /// removing exactly their conntrack entries).
     pub keep_established: bool,
+    /// Run a `palisade agent` per node and wire pods with `palisade-cni`,
+    /// as a deployment does. `None`: the lab wires pods and programs the
+    /// kernels itself (the library's tests and benchmarks).
+    pub agents: Option<AgentSetup>,
 }
 
 impl Default for LabOptions {
@@ -58,6 +65,7 @@ impl Default for LabOptions {
             timeout: Duration::from_millis(1000),
             concurrency: 256,
             keep_established: false,
+            agents: None,
         }
     }
 }
@@ -85,8 +93,10 @@ impl ProbeResult {
 
 pub struct Lab {
     runtime: tokio::runtime::Runtime,
-    // Dropped in field order: servers stop before the namespaces go.
+    // Dropped in field order: servers and agents stop before the
+    // namespaces go.
     _servers: Servers,
+    agents: Option<Agents>,
     pub topology: Topology,
     pub engine: Engine,
     pub cluster: Cluster,
@@ -126,7 +136,7 @@ pub fn pod_iface<'a>(plan: &'a Plan, engine: &'a Engine, node: usize) -> impl Fn
 
 /// Compiles node `node`'s whole ruleset and replaces its table atomically.
 pub fn apply_node(plan: &Plan, engine: &Engine, node: usize, deny: DenyAction) -> Result<(), LabError> {
-    let mut compiler = NodeCompiler::new(Options { table: "palisade".into(), deny });
+    let mut compiler = NodeCompiler::new(Options::new(deny));
     let tx = compiler.resync(engine, &pod_iface(plan, engine, node));
     tx.apply_in(Some(&plan.nodes[node].netns))
         .map_err(|e| LabError::Apply { node: plan.nodes[node].name.clone(), source: e.into() })
@@ -150,7 +160,9 @@ pub fn end_denied_flows(plan: &Plan, engine: &Engine) -> Result<usize, LabError>
 
 impl Lab {
     /// Builds the cluster's network, starts a server in every pod on its
-    /// declared ports and on `probe_ports`. No policy is applied yet.
+    /// declared ports and on `probe_ports`. Without agents no policy is
+    /// applied yet; with agents (`opts.agents`), every pod is wired through
+    /// `palisade-cni`, so the cluster's policies are in force on return.
     pub fn start(
         cluster: &Cluster,
         run_id: &str,
@@ -159,11 +171,16 @@ impl Lab {
         progress: impl FnMut(usize, usize),
     ) -> Result<Lab, LabError> {
         let runtime = runtime()?;
-        let (plan, lab_cluster) = Plan::new(cluster, opts.nodes, run_id)?;
+        let (mut plan, lab_cluster) = Plan::new(cluster, opts.nodes, run_id)?;
+        if opts.agents.is_some() {
+            for pod in &mut plan.pods {
+                pod.host_if = palisade_cni::plugin::host_ifname(&crate::agents::container_id(pod), "eth0");
+            }
+        }
         // Before the first namespace exists: Ctrl-C during a long build
         // must not leave half a lab behind.
         teardown_on_signal(&runtime, plan.clone());
-        let topology = Topology::build(plan, progress)?;
+        let topology = Topology::build_with(plan, progress, opts.agents.is_none())?;
         // Every pod serves every port any pod declares, and the probe ports:
         // a probe that fails then fails because of policy, never for want
         // of a listener.
@@ -179,13 +196,23 @@ impl Lab {
                 servers.serve(&topology.pod_netns(i), &ep.key.to_string(), &served)?;
             }
         }
+        let agents = match &opts.agents {
+            None => None,
+            Some(setup) => {
+                let plan = &topology.plan;
+                let agents = Agents::start(setup.clone(), plan, &lab_cluster, opts.deny, opts.keep_established)?;
+                agents.wire(plan, &(0..plan.pods.len()).collect::<Vec<_>>())?;
+                Some(agents)
+            }
+        };
         let engine = Engine::from_cluster(&lab_cluster);
-        let table = Options { table: "palisade".into(), deny: opts.deny };
+        let table = Options::new(opts.deny);
         let compilers = topology.plan.nodes.iter().map(|_| NodeCompiler::new(table.clone())).collect();
         let sessions = topology.plan.nodes.iter().map(|n| NetlinkSession::new(Some(&n.netns))).collect();
         Ok(Lab {
             runtime,
             _servers: servers,
+            agents,
             topology,
             engine,
             cluster: lab_cluster,
@@ -209,6 +236,11 @@ impl Lab {
     pub fn apply(&mut self) -> Result<Duration, LabError> {
         let started = Instant::now();
         let changes = std::mem::take(&mut self.pending);
+        if let Some(agents) = &self.agents {
+            // The agents patch their kernels and end denied flows.
+            agents.publish(&self.cluster)?;
+            return Ok(started.elapsed());
+        }
         let plan = &self.topology.plan;
         for (node, (compiler, session)) in self.compilers.iter_mut().zip(&mut self.sessions).enumerate() {
             let iface = pod_iface(plan, &self.engine, node);
@@ -252,8 +284,21 @@ impl Lab {
 
     /// Forgets what the kernels hold, as a freshly started process would:
     /// the next [`apply`](Self::apply) replaces each table atomically.
-    pub fn forget_rules(&mut self) {
+    /// With agents: kills each node's agent (SIGKILL) and starts a new one,
+    /// which takes the node over.
+    pub fn forget_rules(&mut self) -> Result<(), LabError> {
         self.compilers.iter_mut().for_each(NodeCompiler::reset);
+        if let Some(agents) = &mut self.agents {
+            for node in 0..self.topology.plan.nodes.len() {
+                agents.restart(node)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The agents, when the lab runs them.
+    pub fn agents(&mut self) -> Option<&mut Agents> {
+        self.agents.as_mut()
     }
 
     /// Probes every ordered pair of distinct pods on every port, in

@@ -8,6 +8,7 @@
 //! address is reachable from it. Namespaces are deleted when the lab is
 //! dropped, and `palisade lab down` removes leftovers of a dead run.
 
+pub mod agents;
 pub mod lab;
 pub mod plan;
 pub mod probe;
@@ -16,5 +17,6 @@ pub mod server;
 pub mod state;
 pub mod topology;
 
+pub use agents::AgentSetup;
 pub use lab::{Lab, LabError, LabOptions, ProbeResult};
 pub use plan::Plan;

@@ -27,6 +27,9 @@ pub struct LabState {
     /// Established flows a change forbids are kept (else ended).
     #[serde(default)]
     pub keep_established: bool,
+    /// The lab runs palisade agents (else it programs the kernels itself).
+    #[serde(default)]
+    pub agents: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

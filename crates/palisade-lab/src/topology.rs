@@ -22,9 +22,19 @@ pub struct Topology {
 impl Topology {
     /// Creates everything; on error, what was created is deleted again.
     /// `progress(done, total)` is called as pods are wired.
-    pub fn build(plan: Plan, mut progress: impl FnMut(usize, usize)) -> Result<Topology, NetnsError> {
+    pub fn build(plan: Plan, progress: impl FnMut(usize, usize)) -> Result<Topology, NetnsError> {
+        Self::build_with(plan, progress, true)
+    }
+
+    /// As [`build`](Self::build); with `wire_pods` false the pods'
+    /// namespaces are created but not attached (a CNI plugin does that).
+    pub fn build_with(
+        plan: Plan,
+        mut progress: impl FnMut(usize, usize),
+        wire_pods: bool,
+    ) -> Result<Topology, NetnsError> {
         let mut topo = Topology { plan, created: Vec::new() };
-        topo.create_all(&mut progress)?;
+        topo.create_all(&mut progress, wire_pods)?;
         Ok(topo)
     }
 
@@ -34,7 +44,7 @@ impl Topology {
         Ok(ns)
     }
 
-    fn create_all(&mut self, progress: &mut impl FnMut(usize, usize)) -> Result<(), NetnsError> {
+    fn create_all(&mut self, progress: &mut impl FnMut(usize, usize), wire_pods: bool) -> Result<(), NetnsError> {
         let plan = self.plan.clone();
         let v6 = plan.ipv6();
         let underlay = self.create(&plan.underlay)?;
@@ -87,6 +97,10 @@ impl Topology {
         let total = plan.pods.len();
         for (done, pod) in plan.pods.iter().enumerate() {
             let pod_ns = self.create(&pod.netns)?;
+            if !wire_pods {
+                progress(done + 1, total);
+                continue;
+            }
             PodLink {
                 pod: pod_ns,
                 node: Netns::named(&plan.nodes[pod.node].netns),
@@ -153,4 +167,5 @@ pub fn delete_plan(plan: &Plan) {
     for name in plan.namespaces().iter().rev() {
         let _ = Netns::named(name).delete();
     }
+    let _ = std::fs::remove_dir_all(std::path::Path::new(crate::agents::AGENTS_DIR).join(&plan.run_id));
 }

@@ -123,7 +123,7 @@ fn restarting_the_programmer_changes_nothing() {
     };
     let before = list(&lab);
     for _ in 0..3 {
-        lab.forget_rules();
+        lab.forget_rules().unwrap();
         lab.apply().unwrap();
         echo(&mut flow, "across a restart").expect("a restart cut an established, allowed flow");
         assert_agree(&lab);

@@ -14,6 +14,7 @@ pub mod load;
 pub mod names;
 pub mod objects;
 pub mod policy;
+pub mod render;
 
 pub use cluster::{Cluster, Notice};
 pub use endpoint::{ContainerPort, Endpoint, EndpointKey};

@@ -64,6 +64,31 @@ pub struct AgentArgs {
     /// How often the directory is checked for changes, in milliseconds.
     #[arg(long, default_value_t = 200)]
     pub poll_ms: u64,
+    /// Apply a burst of source changes once the source is quiet this long (ms); never later than 10x this.
+    #[arg(long, default_value_t = 50)]
+    pub debounce_ms: u64,
+    /// Keep established connections a policy change forbids (default: end them within a second).
+    #[arg(long)]
+    pub keep_established: bool,
+    /// Where the agent remembers the pods wired on this node, to take them back after a restart.
+    #[arg(long, default_value = "/var/lib/palisade/agent/local-pods.json")]
+    pub state_file: PathBuf,
+    /// Serve /healthz, /readyz and /metrics here.
+    #[arg(long, default_value = "127.0.0.1:9471")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Log format: text on a terminal, JSON lines otherwise (auto).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub log_format: LogFormat,
+    /// Exit when this process is gone (the lab's agents end with the lab).
+    #[arg(long, hide = true)]
+    pub owner_pid: Option<i32>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Auto,
+    Text,
+    Json,
 }
 
 #[derive(Args)]
@@ -253,6 +278,16 @@ pub struct LabBuildArgs {
     /// Keep established connections that a policy change forbids (default: end them within a second).
     #[arg(long)]
     pub keep_established: bool,
+    /// How pods are wired and kernels programmed: `agents` runs a palisade agent per node and wires pods with
+    /// palisade-cni, as a deployment does; `direct` has the lab do both itself.
+    #[arg(long, value_enum, default_value = "agents")]
+    pub wiring: Wiring,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Wiring {
+    Agents,
+    Direct,
 }
 
 #[derive(Args)]

@@ -12,7 +12,7 @@ fn run(cli: Cli, ui: &Ui, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Lint(args) => palisade::commands::lint::run(&args, ui, out),
         Command::Diff(args) => palisade::commands::diff::run(&args, ui, out),
         Command::Lab(cmd) => palisade::commands::lab::run(cmd, ui, out),
-        Command::Agent(args) => palisade::commands::agent::run(&args, ui),
+        Command::Agent(args) => palisade::commands::agent::run(&args),
         Command::Bench(BenchCommand::Gen(g)) => {
             let spec =
                 palisade::gen::Spec { namespaces: g.namespaces, pods: g.pods, policies: g.policies, seed: g.seed };
@@ -33,6 +33,12 @@ fn run(cli: Cli, ui: &Ui, out: &mut dyn Write) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // One binary: invoked as `palisade-cni` (a symlink in a CNI_PATH
+    // directory) it is the CNI plugin.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&argv0).file_name().is_some_and(|n| n == "palisade-cni") {
+        palisade_cni::main();
+    }
     let cli = Cli::parse();
     let ui = Ui::new();
     let stdout = io::stdout();

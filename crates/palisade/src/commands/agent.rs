@@ -1,49 +1,114 @@
 //! `palisade agent`: the node daemon, in `dir` mode. Runs until SIGTERM or
 //! SIGINT, and leaves enforcement in place when it stops.
 
+use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use palisade_agent::daemon::{run as run_daemon, Config};
+use palisade_agent::daemon::{run as run_daemon, Config, Event};
+use palisade_agent::node::NodeOptions;
+use palisade_agent::ops::{serve, Metrics};
+use serde_json::json;
 
 use super::lab::{deny_action, require_root};
-use crate::cli::AgentArgs;
-use crate::input::Ui;
+use crate::cli::{AgentArgs, LogFormat};
 
-pub fn run(args: &AgentArgs, ui: &Ui) -> Result<()> {
-    require_root()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-            rt.block_on(async {
-                use tokio::signal::unix::{signal, SignalKind};
-                let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-                else {
-                    return;
-                };
-                tokio::select! {
-                    _ = int.recv() => {},
-                    _ = term.recv() => {},
-                }
-            });
-            stop.store(true, Ordering::Relaxed);
-        });
+/// One log line: text for people, JSON lines for collectors.
+struct Logger {
+    json: bool,
+}
+
+impl Logger {
+    fn log(&self, level: &str, msg: &str, fields: serde_json::Value) {
+        if self.json {
+            let ts = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+            let mut line = json!({"ts": ts, "level": level, "msg": msg});
+            if let (Some(l), serde_json::Value::Object(f)) = (line.as_object_mut(), fields) {
+                l.extend(f);
+            }
+            eprintln!("{line}");
+        } else if fields.as_object().is_none_or(|f| f.is_empty()) {
+            eprintln!("palisade agent: {level}: {msg}");
+        } else {
+            eprintln!("palisade agent: {level}: {msg} {fields}");
+        }
     }
-    let config = Config {
-        dir: args.dir.clone(),
-        socket: args.socket.clone(),
-        netns: args.netns.clone(),
-        deny: deny_action(args.deny),
-        poll: Duration::from_millis(args.poll_ms),
-        host_ifname: palisade_cni::plugin::host_ifname,
+}
+
+fn stop_on_signal() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        rt.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+                return;
+            };
+            tokio::select! {
+                _ = int.recv() => {},
+                _ = term.recv() => {},
+            }
+        });
+        flag.store(true, Ordering::Relaxed);
+    });
+    stop
+}
+
+pub fn run(args: &AgentArgs) -> Result<()> {
+    require_root()?;
+    let logger = Logger {
+        json: match args.log_format {
+            LogFormat::Json => true,
+            LogFormat::Text => false,
+            LogFormat::Auto => !std::io::stderr().is_terminal(),
+        },
     };
-    ui.note(&format!("agent: reading {}, confirming pods on {}", args.dir.display(), args.socket.display()));
-    run_daemon(&config, &stop, &mut |line| eprintln!("palisade agent: {line}"))
-        .with_context(|| format!("listening on {}", args.socket.display()))?;
-    ui.note("agent: stopped; the rules stay in the kernel");
+    let stop = stop_on_signal();
+    let mut config = Config::new(args.dir.clone(), args.socket.clone(), palisade_cni::plugin::host_ifname);
+    config.node = NodeOptions {
+        netns: args.netns.clone(),
+        deny: Some(deny_action(args.deny)),
+        keep_established: args.keep_established,
+        state_file: Some(args.state_file.clone()),
+    };
+    config.poll = Duration::from_millis(args.poll_ms);
+    config.debounce = Duration::from_millis(args.debounce_ms);
+    config.max_delay = Duration::from_millis(args.debounce_ms * 10).max(config.poll);
+    config.owner_pid = args.owner_pid;
+    let metrics = Arc::new(Metrics::new());
+    let addr = serve(args.metrics_addr, metrics.clone())
+        .with_context(|| format!("serving metrics on {}", args.metrics_addr))?;
+    logger.log(
+        "info",
+        "started",
+        json!({"dir": args.dir, "socket": args.socket, "metrics": addr.to_string(), "netns": args.netns}),
+    );
+    let mut report = |event: Event, node: &palisade_agent::node::NodeAgent| {
+        metrics.observe(&event, node);
+        match event {
+            Event::Applied { latency, changed: true } => logger.log(
+                "info",
+                "applied",
+                json!({"latency_ms": latency.as_secs_f64() * 1e3, "endpoints": node.engine().endpoints().count()}),
+            ),
+            Event::Applied { .. } | Event::Tick => {}
+            Event::ApplyFailed { error, retry_in } => logger.log(
+                "error",
+                "apply failed; the kernel keeps the last good state",
+                json!({"error": format!("{error}: {:?}", std::error::Error::source(error)), "retry_in_ms": retry_in.as_millis() as u64}),
+            ),
+            Event::SourceInvalid(e) => {
+                logger.log("error", "source refused; the last good state stays in force", json!({"error": e}))
+            }
+            Event::PodConfirmed(pod) => logger.log("info", "pod confirmed: its policy is in the kernel", json!({"pod": pod})),
+            Event::PodRefused(pod, e) => logger.log("warn", "pod refused", json!({"pod": pod, "error": e})),
+            Event::PodDeleted(host_if) => logger.log("info", "pod deleted", json!({"veth": host_if})),
+        }
+    };
+    run_daemon(&config, &stop, &mut report)?;
+    logger.log("info", "stopped; the rules stay in the kernel", json!({}));
     Ok(())
 }

@@ -230,7 +230,7 @@ pub fn run(args: &BenchDataplaneArgs, out: &mut dyn Write) -> Result<()> {
                         lab.engine.upsert_endpoint(p);
                     }
                     lab.engine.compile();
-                    lab.forget_rules();
+                    lab.forget_rules()?;
                     lab.apply()?;
                 }
             }
@@ -290,7 +290,7 @@ fn apply_times(args: &BenchDataplaneArgs, out: &mut dyn Write) -> Result<()> {
     anyhow::ensure!(problems.is_empty(), "generated cluster is invalid");
     let mut engine = Engine::from_cluster(&cluster);
     let ns = OwnedNetns::create(&format!("pal-{}b-apply", std::process::id()))?;
-    let opts = Options { table: "palisade".into(), deny: DenyAction::Drop };
+    let opts = Options::new(DenyAction::Drop);
     // The node of the generated cluster's first pod, and its pods.
     let node = cluster.endpoints.first().and_then(|e| e.node.clone());
     let local = |engine: &Engine, id| engine.endpoint(id).node == node;

@@ -10,11 +10,11 @@ use anyhow::{Context, Result};
 use palisade_dataplane::netns;
 use palisade_dataplane::DenyAction;
 use palisade_lab::plan::PREFIX;
-use palisade_lab::{Lab, LabOptions, ProbeResult};
+use palisade_lab::{AgentSetup, Lab, LabOptions, ProbeResult};
 use palisade_model::Protocol;
 use serde_json::json;
 
-use crate::cli::{DenyArg, LabBuildArgs, LabCommand, LabDownArgs, LabRunArgs, ProbeFormat};
+use crate::cli::{DenyArg, LabBuildArgs, LabCommand, LabDownArgs, LabRunArgs, ProbeFormat, Wiring};
 use crate::input::{load_cluster, parse_probe, Failure, Ui};
 use crate::output;
 
@@ -72,6 +72,10 @@ pub fn start(build: &LabBuildArgs, ui: &Ui, timeout: Duration) -> Result<(Lab, V
         deny: deny_action(build.deny),
         timeout,
         keep_established: build.keep_established,
+        agents: match build.wiring {
+            Wiring::Agents => Some(AgentSetup { palisade: std::env::current_exe().context("finding this binary")? }),
+            Wiring::Direct => None,
+        },
         ..LabOptions::default()
     };
     let run_id = std::process::id().to_string();
@@ -234,6 +238,14 @@ fn lab_down(args: &LabDownArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
         }
         ns.delete().with_context(|| format!("deleting network namespace {}", ns.name))?;
         removed += 1;
+    }
+    // Agents' run directories (their agents exit with the lab process).
+    for entry in std::fs::read_dir(palisade_lab::agents::AGENTS_DIR).into_iter().flatten().flatten() {
+        let id = entry.file_name().to_string_lossy().to_string();
+        let owner = id.chars().take_while(char::is_ascii_digit).collect::<String>().parse::<u32>().ok();
+        if args.all || owner.is_none_or(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
     writeln!(out, "removed {removed} lab network namespace(s)")?;
     if kept > 0 {

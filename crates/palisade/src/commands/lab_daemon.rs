@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use palisade_engine::Engine;
+use palisade_lab::agents::RunDir;
 use palisade_lab::lab::{apply_node, end_denied_flows, probe_pairs, runtime};
 use palisade_lab::state::{log_path, LabState};
 use palisade_lab::topology::delete_plan;
 use palisade_lab::LabOptions;
 
 use super::lab::{deny_action, live_palisade, print_results, report, require_root, start};
-use crate::cli::{DenyArg, LabApplyArgs, LabExecArgs, LabProbeArgs, LabUpArgs};
+use crate::cli::{DenyArg, LabApplyArgs, LabExecArgs, LabProbeArgs, LabUpArgs, Wiring};
 use crate::input::{load_cluster, parse_probe, Failure, Ui};
 
 fn running(name: &str) -> Result<LabState> {
@@ -52,6 +53,7 @@ pub fn up(args: &LabUpArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
     };
     cmd.args(["lab", "serve", "--name", &args.name, "--nodes", &args.build.nodes.to_string()]);
     cmd.args(["--deny", if args.build.deny == DenyArg::Drop { "drop" } else { "reject" }]);
+    cmd.args(["--wiring", if args.build.wiring == Wiring::Agents { "agents" } else { "direct" }]);
     if args.build.skip_invalid {
         cmd.arg("--skip-invalid");
     }
@@ -109,6 +111,7 @@ pub fn serve(args: &LabUpArgs, ui: &Ui) -> Result<()> {
         served: lab.served_ports().iter().copied().collect(),
         deny: if args.build.deny == DenyArg::Drop { "drop" } else { "reject" }.into(),
         keep_established: args.build.keep_established,
+        agents: args.build.wiring == Wiring::Agents,
     };
     state.save()?;
     eprintln!("lab {:?} up: process {}", args.name, state.pid);
@@ -126,11 +129,16 @@ pub fn apply(args: &LabApplyArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
     let engine = Engine::from_cluster(&lab_cluster);
     let deny = deny_action(if state.deny == "reject" { DenyArg::Reject } else { DenyArg::Drop });
     let started = Instant::now();
-    for node in 0..state.plan.nodes.len() {
-        apply_node(&state.plan, &engine, node, deny)?;
-    }
-    if !state.keep_established {
-        end_denied_flows(&state.plan, &engine)?;
+    if state.agents {
+        // The lab's agents patch their kernels (and end denied flows).
+        RunDir::of(&state.plan).publish(&lab_cluster)?;
+    } else {
+        for node in 0..state.plan.nodes.len() {
+            apply_node(&state.plan, &engine, node, deny)?;
+        }
+        if !state.keep_established {
+            end_denied_flows(&state.plan, &engine)?;
+        }
     }
     state.paths = args.paths.iter().map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())).collect();
     state.skip_invalid = args.skip_invalid;
