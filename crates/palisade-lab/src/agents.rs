@@ -310,6 +310,11 @@ impl Agents {
         }
     }
 
+    /// The process id of node `node`'s agent.
+    pub fn pid(&self, node: usize) -> Option<u32> {
+        self.procs.get(node)?.as_ref().map(Child::id)
+    }
+
     /// Whether every agent process still runs.
     pub fn all_running(&mut self) -> bool {
         self.procs.iter_mut().all(|p| p.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None))))
@@ -356,7 +361,7 @@ fn netconf(plan: &Plan, pod: &LabPod, dir: &Path, socket: &Path) -> Value {
         "type": "palisade-cni",
         "ipam": {"ranges": ranges, "dataDir": dir.join(format!("ipam-n{}", pod.node))},
         "agentSocket": socket,
-        "agentTimeoutMs": 10000,
+        "agentTimeoutMs": 3000,
         "args": {"cni": {"ips": pod.ips}},
     })
 }

@@ -95,8 +95,10 @@ pub struct Lab {
     runtime: tokio::runtime::Runtime,
     // Dropped in field order: servers and agents stop before the
     // namespaces go.
-    _servers: Servers,
+    servers: Servers,
     agents: Option<Agents>,
+    /// Pods planned by `update` that `apply` starts (agents only).
+    new_pods: Vec<usize>,
     pub topology: Topology,
     pub engine: Engine,
     pub cluster: Cluster,
@@ -211,8 +213,9 @@ impl Lab {
         let sessions = topology.plan.nodes.iter().map(|n| NetlinkSession::new(Some(&n.netns))).collect();
         Ok(Lab {
             runtime,
-            _servers: servers,
+            servers,
             agents,
+            new_pods: Vec::new(),
             topology,
             engine,
             cluster: lab_cluster,
@@ -236,9 +239,13 @@ impl Lab {
     pub fn apply(&mut self) -> Result<Duration, LabError> {
         let started = Instant::now();
         let changes = std::mem::take(&mut self.pending);
-        if let Some(agents) = &self.agents {
-            // The agents patch their kernels and end denied flows.
-            agents.publish(&self.cluster)?;
+        if self.agents.is_some() {
+            // The agents patch their kernels and end denied flows. New pods
+            // start after their objects are published, as in a cluster:
+            // their namespace and server first, then CNI ADD.
+            self.publish()?;
+            let new = self.start_new_pods()?;
+            self.wire_pods(&new)?;
             return Ok(started.elapsed());
         }
         let plan = &self.topology.plan;
@@ -275,7 +282,35 @@ impl Lab {
     /// Replaces the cluster's namespaces, labels and policies (same pods):
     /// the engine recompiles and the next [`apply`](Self::apply) patches
     /// the kernels.
+    /// With agents, pods may come and go too: a pod no longer in `cluster`
+    /// is deleted at once (CNI DEL, namespace gone); a new one is planned
+    /// here and started by `apply`.
     pub fn update(&mut self, cluster: &Cluster) -> Result<(), LabError> {
+        if let Some(agents) = &self.agents {
+            let wanted: BTreeSet<&EndpointKey> =
+                cluster.endpoints.iter().filter(|e| !e.host_network).map(|e| &e.key).collect();
+            let gone: Vec<EndpointKey> =
+                self.topology.plan.pods.iter().filter(|p| !wanted.contains(&p.key)).map(|p| p.key.clone()).collect();
+            for key in gone {
+                let plan = &mut self.topology.plan;
+                let i = plan.pod(&key).expect("planned");
+                agents.unwire(plan, &plan.pods[i])?;
+                self.servers.stop(&key.to_string());
+                let pod = plan.remove_pod(&key).expect("planned");
+                self.new_pods.retain(|&n| n != i);
+                self.new_pods.iter_mut().filter(|n| **n > i).for_each(|n| *n -= 1);
+                self.topology.remove_pod(&pod)?;
+            }
+            let plan = &mut self.topology.plan;
+            for ep in cluster.endpoints.iter().filter(|e| !e.host_network) {
+                if plan.pod(&ep.key).is_none() {
+                    let i = plan.add_pod(ep)?;
+                    let pod = &mut plan.pods[i];
+                    pod.host_if = palisade_cni::plugin::host_ifname(&crate::agents::container_id(pod), "eth0");
+                    self.new_pods.push(i);
+                }
+            }
+        }
         let next = self.topology.plan.adopt(cluster)?;
         self.pending.merge(self.engine.sync_cluster(&next));
         self.cluster = next;
@@ -292,6 +327,36 @@ impl Lab {
             for node in 0..self.topology.plan.nodes.len() {
                 agents.restart(node)?;
             }
+        }
+        Ok(())
+    }
+
+    /// With agents: writes the lab's cluster for them and waits until
+    /// every node's kernel holds it.
+    pub fn publish(&mut self) -> Result<(), LabError> {
+        self.pending = Changes::default();
+        if let Some(agents) = &self.agents {
+            agents.publish(&self.cluster)?;
+        }
+        Ok(())
+    }
+
+    /// Creates the namespaces of the pods `update` added, with their
+    /// servers running, but no network yet; returns their indices.
+    pub fn start_new_pods(&mut self) -> Result<Vec<usize>, LabError> {
+        let new = std::mem::take(&mut self.new_pods);
+        for &i in &new {
+            let ns = self.topology.add_pod(i)?;
+            let _guard = self.runtime.enter();
+            self.servers.serve(&ns, &self.topology.plan.pods[i].key.to_string(), &self.served)?;
+        }
+        Ok(new)
+    }
+
+    /// CNI ADD for pods `pods` (plan indices), through the agents.
+    pub fn wire_pods(&self, pods: &[usize]) -> Result<(), LabError> {
+        if let Some(agents) = &self.agents {
+            agents.wire(&self.topology.plan, pods)?;
         }
         Ok(())
     }

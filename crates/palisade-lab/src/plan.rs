@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::Ipv4Net;
-use palisade_model::{Cluster, EndpointKey};
+use palisade_model::{Cluster, Endpoint, EndpointKey};
 use serde::{Deserialize, Serialize};
 
 /// Every lab namespace starts with this; the run id follows.
@@ -187,6 +187,52 @@ impl Plan {
             ep.node = Some(self.nodes[pod.node].name.clone());
         }
         Ok(next)
+    }
+
+    /// Plans a pod for endpoint `ep` in a running lab (its node, as in
+    /// [`new`](Self::new), or the least loaded; a free address of its
+    /// node's CIDR unless it has one; fresh namespace and veth names).
+    /// Returns its index.
+    pub fn add_pod(&mut self, ep: &Endpoint) -> Result<usize, PlanError> {
+        let node = match ep.node.as_ref().and_then(|n| self.nodes.iter().position(|x| &x.name == n)) {
+            Some(i) => i,
+            None => (0..self.nodes.len())
+                .min_by_key(|&i| (self.pods.iter().filter(|p| p.node == i).count(), i))
+                .expect("at least one node"),
+        };
+        let used: BTreeMap<IpAddr, &EndpointKey> =
+            self.pods.iter().flat_map(|p| p.ips.iter().map(move |ip| (*ip, &p.key))).collect();
+        for ip in &ep.ips {
+            if let Some(other) = used.get(ip) {
+                return Err(PlanError::DuplicateAddress(Box::new(ep.key.clone()), *ip, Box::new((*other).clone())));
+            }
+        }
+        let mut ips: Vec<IpAddr> = ep.ips.iter().find(|ip| ip.is_ipv4()).into_iter().copied().collect();
+        if ep.ips.is_empty() {
+            let cidr = self.nodes[node].pod_cidr;
+            let free = (10..(1u32 << (32 - cidr.prefix_len())) - 1)
+                .map(|offset| IpAddr::V4(Ipv4Addr::from(u32::from(cidr.network()) + offset)))
+                .find(|ip| !used.contains_key(ip));
+            ips.push(free.ok_or_else(|| PlanError::Exhausted(self.nodes[node].name.clone(), cidr))?);
+        }
+        ips.extend(ep.ips.iter().find(|ip| ip.is_ipv6()));
+        let index = (self.pods.len()..)
+            .find(|i| !self.pods.iter().any(|p| p.netns.ends_with(&format!("-p{i}"))))
+            .expect("a free name");
+        self.pods.push(LabPod {
+            key: ep.key.clone(),
+            netns: format!("{PREFIX}{}-p{index}", self.run_id),
+            node,
+            host_if: format!("p{index}"),
+            ips,
+        });
+        Ok(self.pods.len() - 1)
+    }
+
+    /// Forgets the pod of `key`; returns it.
+    pub fn remove_pod(&mut self, key: &EndpointKey) -> Option<LabPod> {
+        let i = self.pod(key)?;
+        Some(self.pods.remove(i))
     }
 
     /// Every namespace of the lab, in the order they are created.

@@ -37,6 +37,17 @@ pub enum ServeError {
 pub struct Servers {
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// Each pod's async servers, to stop one pod's (its pod is removed).
+    tasks: std::collections::HashMap<String, Vec<tokio::task::AbortHandle>>,
+}
+
+impl Servers {
+    /// Stops the TCP and UDP servers of pod `name` (its sockets close).
+    pub fn stop(&mut self, name: &str) {
+        for task in self.tasks.remove(name).unwrap_or_default() {
+            task.abort();
+        }
+    }
 }
 
 impl Drop for Servers {
@@ -78,7 +89,7 @@ impl Servers {
                     let listener =
                         tokio::net::TcpListener::from_std(s.into()).map_err(bind_err(format!("tcp/{port}")))?;
                     let reply = reply.clone();
-                    tokio::spawn(async move {
+                    let task = tokio::spawn(async move {
                         while let Ok((mut conn, _)) = listener.accept().await {
                             let reply = reply.clone();
                             // The name, then an echo of whatever the client sends until it
@@ -92,17 +103,19 @@ impl Servers {
                             });
                         }
                     });
+                    self.tasks.entry(name.to_string()).or_default().push(task.abort_handle());
                 }
                 Protocol::Udp => {
                     let s = pod.enter(|| dual_stack(Type::DGRAM, port))?.map_err(bind_err(format!("udp/{port}")))?;
                     let socket = tokio::net::UdpSocket::from_std(s.into()).map_err(bind_err(format!("udp/{port}")))?;
                     let reply = reply.clone();
-                    tokio::spawn(async move {
+                    let task = tokio::spawn(async move {
                         let mut buf = [0u8; 512];
                         while let Ok((_, from)) = socket.recv_from(&mut buf).await {
                             let _ = socket.send_to(&reply, from).await;
                         }
                     });
+                    self.tasks.entry(name.to_string()).or_default().push(task.abort_handle());
                 }
                 Protocol::Sctp => {
                     sctp_ports.insert(port);

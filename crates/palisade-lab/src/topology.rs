@@ -140,6 +140,41 @@ impl Topology {
         Ok(())
     }
 
+    /// Creates the namespace of pod `index` (planned after the build) and
+    /// the routes to its addresses on the other nodes and the external
+    /// host. Its veth is the CNI plugin's job.
+    pub fn add_pod(&mut self, index: usize) -> Result<Netns, NetnsError> {
+        let pod = self.plan.pods[index].clone();
+        let ns = self.create(&pod.netns)?;
+        self.pod_routes(&pod, "add")?;
+        Ok(ns)
+    }
+
+    /// Deletes a removed pod's namespace and its routes.
+    pub fn remove_pod(&mut self, pod: &crate::plan::LabPod) -> Result<(), NetnsError> {
+        self.pod_routes(pod, "del")?;
+        if let Some(i) = self.created.iter().position(|n| n.name == pod.netns) {
+            self.created.remove(i);
+        }
+        Netns::named(&pod.netns).delete()
+    }
+
+    fn pod_routes(&self, pod: &crate::plan::LabPod, verb: &str) -> Result<(), NetnsError> {
+        let node = &self.plan.nodes[pod.node];
+        let mut script = String::new();
+        for ip in &pod.ips {
+            match ip {
+                IpAddr::V4(_) => writeln!(script, "route {verb} {ip}/32 via {}", node.underlay_v4).unwrap(),
+                IpAddr::V6(_) => writeln!(script, "route {verb} {ip}/128 via {}", node.underlay_v6).unwrap(),
+            }
+        }
+        let others = self.plan.nodes.iter().enumerate().filter(|(i, _)| *i != pod.node).map(|(_, n)| &n.netns);
+        for ns in others.chain([&self.plan.external]) {
+            Netns::named(ns).ip_batch(&script)?;
+        }
+        Ok(())
+    }
+
     pub fn pod_netns(&self, pod: usize) -> Netns {
         Netns::named(&self.plan.pods[pod].netns)
     }

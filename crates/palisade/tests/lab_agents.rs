@@ -1,0 +1,347 @@
+//! The lab as a deployment runs: a `palisade agent` process per node, pods
+//! wired by executing `palisade-cni`. While probe threads connect between
+//! pods, pods come and go, labels and policies change, and agents are
+//! killed (SIGKILL) and restarted; no probe may succeed that the engine
+//! forbade in every state the kernels could hold during it. And a pod is
+//! never reachable before its policy is in the kernel. Needs root.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use palisade_dataplane::netns::Netns;
+use palisade_dataplane::DenyAction;
+use palisade_engine::{Engine, Flow, FlowEnd};
+use palisade_lab::probe::connect_tcp;
+use palisade_lab::{AgentSetup, Lab, LabOptions};
+use palisade_model::{parse_sources, Cluster, EndpointKey, Protocol, Source};
+use palisade_testkit::privileged;
+
+const SLOTS: usize = 8;
+const CHANGES: usize = 240;
+
+fn cluster(text: &str) -> Cluster {
+    let (c, problems, _) =
+        Cluster::from_manifests(parse_sources(&[Source { name: "test.yaml".into(), text: text.into() }]));
+    assert!(problems.is_empty(), "{problems:?}");
+    c
+}
+
+fn options() -> LabOptions {
+    LabOptions {
+        deny: DenyAction::Reject,
+        agents: Some(AgentSetup { palisade: env!("CARGO_BIN_EXE_palisade").into() }),
+        ..LabOptions::default()
+    }
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Pod slots p0..p7 (present or not) with a `role` each, up to four policies.
+struct World {
+    present: Vec<bool>,
+    roles: Vec<usize>,
+    policies: Vec<Option<String>>,
+}
+
+impl World {
+    fn manifests(&self) -> String {
+        let mut s = String::new();
+        for (i, role) in self.roles.iter().enumerate().filter(|(i, _)| self.present[*i]) {
+            s += &format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: x, labels: {{app: p{i}, role: r{role}}}}}\nspec: {{containers: [{{name: c, image: i, ports: [{{containerPort: 80}}]}}]}}\n"
+            );
+        }
+        for p in self.policies.iter().flatten() {
+            s += p;
+        }
+        s
+    }
+
+    fn random_policy(rng: &mut Rng, k: usize) -> String {
+        let types = ["[Ingress]", "[Egress]", "[Ingress, Egress]"][rng.below(3)];
+        let peer = |rng: &mut Rng| match rng.below(3) {
+            0 => format!("{{podSelector: {{matchLabels: {{role: r{}}}}}}}", rng.below(3)),
+            1 => format!("{{podSelector: {{matchLabels: {{app: p{}}}}}}}", rng.below(SLOTS)),
+            _ => "{namespaceSelector: {}}".to_string(),
+        };
+        let ports = ["", ", ports: [{port: 80}]", ", ports: [{port: 81}]"][rng.below(3)];
+        let ingress = if rng.below(4) == 0 { "[]".to_string() } else { format!("[{{from: [{}]{ports}}}]", peer(rng)) };
+        let egress = if rng.below(4) == 0 { "[]".to_string() } else { format!("[{{to: [{}]{ports}}}]", peer(rng)) };
+        format!(
+            "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: np{k}, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{role: r{}}}}}\n  policyTypes: {types}\n  ingress: {ingress}\n  egress: {egress}\n",
+            rng.below(3)
+        )
+    }
+
+    fn change(&mut self, rng: &mut Rng) -> &'static str {
+        match rng.below(5) {
+            0 => {
+                self.roles[rng.below(SLOTS)] = rng.below(3);
+                "relabel"
+            }
+            1 => {
+                let k = rng.below(self.policies.len());
+                self.policies[k] = Some(Self::random_policy(rng, k));
+                "policy"
+            }
+            2 => {
+                let k = rng.below(self.policies.len());
+                self.policies[k] = None;
+                "policy removed"
+            }
+            _ => {
+                let i = rng.below(SLOTS);
+                // Keep at least three pods so the probes have pairs.
+                if self.present[i] && self.present.iter().filter(|p| **p).count() <= 3 {
+                    return "none";
+                }
+                self.present[i] = !self.present[i];
+                if self.present[i] {
+                    "pod added"
+                } else {
+                    "pod removed"
+                }
+            }
+        }
+    }
+}
+
+struct Seen {
+    src: EndpointKey,
+    dst: EndpointKey,
+    from: usize,
+    to: usize,
+    connected: bool,
+}
+
+/// (egress allowed, ingress allowed) of src -> dst tcp/80; a pod that does
+/// not exist in that state allows nothing.
+fn sides(engine: &Engine, src: &EndpointKey, dst: &EndpointKey) -> (bool, bool) {
+    let (Some(s), Some(d)) = (engine.endpoint_id(src), engine.endpoint_id(dst)) else { return (false, false) };
+    let v = engine.verdict(&Flow {
+        src: FlowEnd::Endpoint(s),
+        dst: FlowEnd::Endpoint(d),
+        protocol: Protocol::Tcp,
+        port: 80,
+    });
+    (v.egress.allows(), v.ingress.allows())
+}
+
+type Pods = Arc<Mutex<Vec<(EndpointKey, Netns, SocketAddr)>>>;
+
+fn current_pods(lab: &Lab) -> Vec<(EndpointKey, Netns, SocketAddr)> {
+    let plan = &lab.topology.plan;
+    plan.pods.iter().map(|p| (p.key.clone(), Netns::named(&p.netns), SocketAddr::new(p.ips[0], 80))).collect()
+}
+
+#[test]
+fn churn_with_pods_coming_and_going_and_agents_killed() {
+    if !privileged("lab with agents: churn") {
+        return;
+    }
+    let seed = 0x5eed_a6e7u64;
+    let mut rng = Rng(seed);
+    let mut world = World {
+        present: (0..SLOTS).map(|i| i < 6).collect(),
+        roles: (0..SLOTS).map(|i| i % 3).collect(),
+        policies: vec![None; 4],
+    };
+    for k in 0..2 {
+        world.policies[k] = Some(World::random_policy(&mut rng, k));
+    }
+    let run_id = format!("{}ag", std::process::id());
+    let mut lab = Lab::start(&cluster(&world.manifests()), &run_id, &[], options(), |_, _| {}).unwrap();
+    lab.apply().unwrap();
+
+    let states: Arc<Mutex<Vec<Cluster>>> = Arc::new(Mutex::new(vec![lab.cluster.clone()]));
+    let applied = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let pods: Pods = Arc::new(Mutex::new(current_pods(&lab)));
+    let mut probers = Vec::new();
+    for t in 0..4u64 {
+        let (pods, applied, stop) = (pods.clone(), applied.clone(), stop.clone());
+        probers.push(std::thread::spawn(move || {
+            let mut rng = Rng(0x9e37_79b9 + t);
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let snapshot = pods.lock().unwrap().clone();
+                let (s, d) = (rng.below(snapshot.len()), rng.below(snapshot.len()));
+                if s == d {
+                    continue;
+                }
+                let (src, dst) = (&snapshot[s], &snapshot[d]);
+                let from = applied.load(Ordering::SeqCst);
+                let connected = connect_tcp(&src.1, dst.2, Duration::from_millis(1000))
+                    .is_ok_and(|(_, greeting)| greeting == dst.0.to_string());
+                let to = applied.load(Ordering::SeqCst);
+                seen.push(Seen { src: src.0.clone(), dst: dst.0.clone(), from, to, connected });
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            seen
+        }));
+    }
+
+    let started = Instant::now();
+    let mut kinds: std::collections::BTreeMap<&str, usize> = Default::default();
+    let mut restarts = 0;
+    for i in 1..=CHANGES {
+        *kinds.entry(world.change(&mut rng)).or_default() += 1;
+        let next = cluster(&world.manifests());
+        // Probers stop picking pods about to go (their probes in flight
+        // may fail: a failure is never a violation).
+        let keys: Vec<EndpointKey> = next.endpoints.iter().map(|e| e.key.clone()).collect();
+        pods.lock().unwrap().retain(|p| keys.contains(&p.0));
+        lab.update(&next).unwrap();
+        states.lock().unwrap().push(lab.cluster.clone());
+        lab.apply().unwrap_or_else(|e| panic!("change {i}: {e}: {:?}", std::error::Error::source(&e)));
+        applied.store(i, Ordering::SeqCst);
+        *pods.lock().unwrap() = current_pods(&lab);
+        if i % 40 == 20 {
+            // Kill a node's agent mid-churn; its successor takes over.
+            let node = (i / 40) % lab.topology.plan.nodes.len();
+            lab.agents().unwrap().restart(node).unwrap();
+            restarts += 1;
+        }
+    }
+    let churn = started.elapsed();
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    let seen: Vec<Seen> = probers.into_iter().flat_map(|p| p.join().unwrap()).collect();
+    assert!(lab.agents().unwrap().all_running(), "an agent died during the churn");
+
+    let engines: Vec<Engine> = states.lock().unwrap().iter().map(Engine::from_cluster).collect();
+    let mut violations = Vec::new();
+    let mut wrongly_denied = 0;
+    for s in &seen {
+        let window = s.from..=(s.to + 1).min(CHANGES);
+        let verdicts: Vec<(bool, bool)> = window.clone().map(|i| sides(&engines[i], &s.src, &s.dst)).collect();
+        if s.connected {
+            if !(verdicts.iter().any(|v| v.0) && verdicts.iter().any(|v| v.1)) {
+                violations.push(format!("{} -> {} connected during changes {window:?}: {verdicts:?}", s.src, s.dst));
+            }
+        } else if s.from == s.to && verdicts.iter().all(|v| v.0 && v.1) {
+            wrongly_denied += 1;
+        }
+    }
+    let connected = seen.iter().filter(|s| s.connected).count();
+    eprintln!(
+        "churn with agents (seed {seed:#x}): {CHANGES} changes {kinds:?} and {restarts} agent kills in {:.1} s ({:.1} ms each), {} probes ({connected} connected), {} violations, {wrongly_denied} allowed probes refused",
+        churn.as_secs_f64(),
+        churn.as_secs_f64() * 1000.0 / CHANGES as f64,
+        seen.len(),
+        violations.len(),
+    );
+    assert!(kinds.get("pod added").copied().unwrap_or(0) > 10 && kinds.get("pod removed").copied().unwrap_or(0) > 10);
+    assert!(seen.len() > 1000, "the probe loop barely ran: {} probes", seen.len());
+    assert!(connected > 100 && connected < seen.len(), "the changes should both allow and deny");
+    assert!(violations.is_empty(), "{} probes got through:\n{}", violations.len(), violations.join("\n"));
+    assert_eq!(wrongly_denied, 0, "probes refused although every state in their window allowed them");
+}
+
+const BASE: &str = "
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: x, labels: {app: web}}
+spec: {nodeName: lab-node-1, containers: [{name: c, image: i, ports: [{containerPort: 80}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: other, namespace: x, labels: {app: other}}
+spec: {nodeName: lab-node-2, containers: [{name: c, image: i, ports: [{containerPort: 80}]}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: web}}}]}]
+";
+
+const DB: &str = "
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: x, labels: {app: db}}
+spec: {nodeName: lab-node-1, containers: [{name: c, image: i, ports: [{containerPort: 80}]}]}
+";
+
+#[test]
+fn a_pod_is_never_reachable_before_its_policy() {
+    if !privileged("lab with agents: a new pod is unreachable until its policy is in place") {
+        return;
+    }
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let run_id = format!("{}fc", std::process::id());
+    let mut lab = Lab::start(&cluster(BASE), &run_id, &[], options(), |_, _| {}).unwrap();
+    lab.apply().unwrap();
+    lab.update(&cluster(&format!("{BASE}{DB}"))).unwrap();
+    lab.publish().unwrap();
+    let new = lab.start_new_pods().unwrap();
+    let db = lab.topology.plan.pods[new[0]].clone();
+    let addr = SocketAddr::new(db.ips[0], 80);
+    let from = |name: &str| {
+        let p = lab.topology.plan.pods.iter().find(|p| p.key.name == name).unwrap();
+        Netns::named(&p.netns)
+    };
+    let (web, other) = (from("web"), from("other"));
+
+    // Freeze db's node's agent: the plugin wires the pod, then waits for a
+    // confirmation that cannot come. Probe db all that time, from a pod its
+    // policy allows and one it does not: nothing may get through.
+    let agent = Pid::from_raw(lab.agents().unwrap().pid(db.node).unwrap() as i32);
+    kill(agent, Signal::SIGSTOP).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = {
+        let stop = stop.clone();
+        let (web, other) = (web.clone(), other.clone());
+        std::thread::spawn(move || {
+            let (mut tries, mut through) = (0, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                for (name, ns) in [("web", &web), ("other", &other)] {
+                    tries += 1;
+                    if connect_tcp(ns, addr, Duration::from_millis(200)).is_ok() {
+                        through.push(name);
+                    }
+                }
+            }
+            (tries, through)
+        })
+    };
+    let started = Instant::now();
+    let err = lab.wire_pods(&new).expect_err("ADD must fail while the agent cannot confirm").to_string();
+    let waited = started.elapsed();
+    kill(agent, Signal::SIGCONT).unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let (tries, through) = prober.join().unwrap();
+    eprintln!("ADD refused after {waited:?}: {err}; {tries} probes meanwhile, {} got through", through.len());
+    assert!(err.contains("\"code\":101"), "the plugin fails closed with PolicyNotReady: {err}");
+    assert!(tries > 10, "the pod was probed while it was wired: {tries} probes");
+    assert!(through.is_empty(), "db was reachable before its policy: {} of {tries} probes got through", through.len());
+    assert!(
+        !Netns::named(&lab.topology.plan.nodes[db.node].netns)
+            .exec("ip", &["-o", "link"], None)
+            .unwrap()
+            .contains(&db.host_if),
+        "a refused ADD leaves no link behind"
+    );
+
+    // The agent is back: ADD again succeeds, and db is reachable exactly
+    // as its policy says.
+    lab.wire_pods(&new).unwrap();
+    assert!(connect_tcp(&web, addr, Duration::from_millis(1000)).is_ok(), "web -> db is allowed");
+    assert!(connect_tcp(&other, addr, Duration::from_millis(1000)).is_err(), "other -> db is denied");
+}
