@@ -24,12 +24,18 @@ fn agent_programs_the_node_and_stops_cleanly_on_sigterm() {
     let _gone = Gone(ns.clone());
     let socket = std::env::temp_dir().join(format!("palisade-agent-{}.sock", std::process::id()));
     let shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/shop");
+    let state = std::env::temp_dir().join(format!("palisade-agent-{}-pods.json", std::process::id()));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let log = std::env::temp_dir().join(format!("palisade-agent-{}.log", std::process::id()));
     let mut agent = Command::new(env!("CARGO_BIN_EXE_palisade"))
         .args(["agent", "--dir"])
         .arg(&shop)
         .arg("--socket")
         .arg(&socket)
-        .args(["--netns", &ns, "--poll-ms", "50"])
+        .args(["--netns", &ns, "--poll-ms", "50", "--metrics-addr", &format!("127.0.0.1:{port}")])
+        .arg("--state-file")
+        .arg(&state)
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let listed =
@@ -42,9 +48,39 @@ fn agent_programs_the_node_and_stops_cleanly_on_sigterm() {
     }
     let table = String::from_utf8(listed().unwrap().stdout).unwrap();
     assert!(table.contains("chain forward"), "{table}");
+
+    // Operations: health, readiness, Prometheus metrics.
+    let get = |path: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert!(get("/healthz").starts_with("HTTP/1.1 200"), "{}", get("/healthz"));
+    assert!(get("/readyz").starts_with("HTTP/1.1 200"), "{}", get("/readyz"));
+    let metrics = get("/metrics");
+    for needle in [
+        "palisade_agent_endpoints 8",
+        "palisade_agent_policies ",
+        "palisade_agent_rules ",
+        "palisade_agent_reconcile_seconds_bucket",
+        "palisade_agent_apply_errors_total 0",
+        "palisade_agent_last_sync_timestamp_seconds",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing from:\n{metrics}");
+    }
+    assert!(get("/nope").starts_with("HTTP/1.1 404"));
+    // Not a terminal: JSON lines.
+    let first = std::fs::read_to_string(&log).unwrap().lines().next().unwrap_or_default().to_string();
+    let line: serde_json::Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{first:?}: {e}"));
+    assert_eq!(line["msg"], "started", "{line}");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     let status = agent.wait().unwrap();
     assert!(status.success(), "SIGTERM is a clean stop: {status}");
     assert!(listed().unwrap().status.success(), "enforcement stays after the agent stops");
     assert!(!socket.exists(), "the socket is removed");
+    let _ = std::fs::remove_file(&state);
+    let _ = std::fs::remove_file(&log);
 }
