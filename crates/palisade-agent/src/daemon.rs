@@ -13,10 +13,10 @@ use serde_json::json;
 
 use crate::cni_socket::{CniSocket, Request};
 use crate::node::{LocalPod, NodeAgent, NodeError, NodeOptions};
-use crate::source::DirSource;
+use crate::source::{DirSource, Source};
 
 pub struct Config {
-    /// The manifests directory (the `dir` source).
+    /// The manifests directory (the `dir` source of [`run`]).
     pub dir: PathBuf,
     /// Where the CNI plugin connects.
     pub socket: PathBuf,
@@ -79,7 +79,16 @@ pub enum Event<'a> {
 /// Runs until `stop` is set (or the owner process is gone). Leaves the
 /// kernel's state in place on exit: enforcement outlives the agent.
 pub fn run(config: &Config, stop: &AtomicBool, report: &mut dyn FnMut(Event, &NodeAgent)) -> Result<(), DaemonError> {
-    let mut source = DirSource::new(&config.dir);
+    run_with(config, Box::new(DirSource::new(&config.dir)), stop, report)
+}
+
+/// [`run`] with another source (the API server).
+pub fn run_with(
+    config: &Config,
+    mut source: Box<dyn Source>,
+    stop: &AtomicBool,
+    report: &mut dyn FnMut(Event, &NodeAgent),
+) -> Result<(), DaemonError> {
     let mut node = NodeAgent::new(config.node.clone())?;
     let socket = CniSocket::bind(&config.socket)
         .map_err(|source| DaemonError::Socket { path: config.socket.clone(), source })?;

@@ -4,10 +4,10 @@
 //! compiler, and answers the CNI plugin: a pod's ADD is confirmed only once
 //! its policy is in the kernel.
 //!
-//! Work in progress (issue #4): the `kube` source comes next.
 
 pub mod cni_socket;
 pub mod daemon;
+pub mod kube_source;
 pub mod node;
 pub mod ops;
 pub mod source;

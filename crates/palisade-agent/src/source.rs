@@ -6,12 +6,25 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use palisade_model::{parse_sources, read_paths, Cluster, Source};
+use palisade_model::{parse_sources, read_paths, Cluster};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("{dir}: {count} problem(s), the last good state stays in force:\n{problems}")]
     Invalid { dir: PathBuf, count: usize, problems: String },
+    #[error("the API server's objects: {count} problem(s), the last good state stays in force:\n{problems}")]
+    InvalidObjects { count: usize, problems: String },
+    #[error("watching the API server: {0}")]
+    Watch(String),
+}
+
+/// Where the agent learns the cluster: a directory or the API server.
+pub trait Source: Send {
+    /// `Some(cluster)` when the state changed since the last call (the
+    /// first complete state included), `None` when it did not.
+    fn poll(&mut self) -> Result<Option<Cluster>, SourceError>;
+    /// Which state the last `Some` was (for whoever wrote it).
+    fn digest(&self) -> Option<&str>;
 }
 
 /// A directory of manifests, read again when any file in it changes.
@@ -24,8 +37,8 @@ pub struct DirSource {
 /// A digest of manifest texts (FNV-1a over names and contents): which
 /// state of the source the agent has applied, comparable by whoever wrote
 /// the files.
-pub fn digest(sources: &[Source]) -> String {
-    let mut sorted: Vec<&Source> = sources.iter().collect();
+pub fn digest(sources: &[palisade_model::Source]) -> String {
+    let mut sorted: Vec<&palisade_model::Source> = sources.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for s in sorted {
@@ -65,10 +78,12 @@ impl DirSource {
         out.sort();
         out
     }
+}
 
+impl Source for DirSource {
     /// `Some(cluster)` when the directory changed since the last call (the
     /// first call always reads), `None` when nothing changed.
-    pub fn poll(&mut self) -> Result<Option<Cluster>, SourceError> {
+    fn poll(&mut self) -> Result<Option<Cluster>, SourceError> {
         let now = self.fingerprint();
         if self.seen.as_ref() == Some(&now) {
             return Ok(None);
@@ -91,7 +106,7 @@ impl DirSource {
     }
 
     /// The digest of the last state read without problems.
-    pub fn digest(&self) -> Option<&str> {
+    fn digest(&self) -> Option<&str> {
         self.digest.as_deref()
     }
 }

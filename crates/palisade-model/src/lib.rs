@@ -20,7 +20,7 @@ pub use cluster::{Cluster, Notice};
 pub use endpoint::{ContainerPort, Endpoint, EndpointKey};
 pub use field::{FieldError, FieldPath};
 pub use labels::{LabelSelector, Labels, Requirement};
-pub use load::{parse_sources, read_paths, Location, Manifests, ObjectRef, Problem, Source};
+pub use load::{parse_sources, parse_values, read_paths, Location, Manifests, ObjectRef, Problem, Source};
 pub use objects::{Namespace, Node, Service, NAMESPACE_NAME_LABEL};
 pub use policy::{
     Direction, IpBlock, NamespaceScope, NetworkPolicy, Peer, PeerSelector, PolicyPort, PortSpec, Protocol, Rule,

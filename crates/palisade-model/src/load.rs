@@ -169,6 +169,18 @@ pub fn parse_sources(sources: &[Source]) -> Manifests {
     out
 }
 
+/// Reads objects already parsed as JSON (from the API server), each named
+/// for error messages (`kube:Pod/ns/name`): the same readers and checks
+/// as manifest files.
+pub fn parse_values(objects: Vec<(String, Value)>) -> Manifests {
+    let mut out = Manifests::default();
+    for (name, value) in objects {
+        let location = Location { file: name, document: 1, item: None };
+        parse_document(Doc::Json(value), location, &mut out);
+    }
+    out
+}
+
 /// One document, as text (YAML) or as a parsed JSON value.
 enum Doc<'a> {
     Yaml(&'a str),

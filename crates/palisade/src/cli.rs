@@ -50,8 +50,15 @@ pub enum Command {
 #[derive(Args)]
 pub struct AgentArgs {
     /// A directory of manifests to read the cluster from (re-read when it changes).
-    #[arg(long, value_name = "PATH")]
-    pub dir: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "kube", conflicts_with = "kube")]
+    pub dir: Option<PathBuf>,
+    /// Watch the cluster's API server (Pods, Namespaces, NetworkPolicies, Nodes) instead: in a pod, with its
+    /// service account; elsewhere, with the kubeconfig.
+    #[arg(long)]
+    pub kube: bool,
+    /// The kubeconfig context to use with --kube (default: the current one).
+    #[arg(long, requires = "kube")]
+    pub context: Option<String>,
     /// Where palisade-cni connects to have pods confirmed.
     #[arg(long, default_value = "/run/palisade/cni.sock")]
     pub socket: PathBuf,
@@ -99,6 +106,13 @@ pub struct InputArgs {
     /// Report invalid objects and go on without them, instead of refusing to run.
     #[arg(long)]
     pub skip_invalid: bool,
+    /// Read the cluster from its API server (kubeconfig: $KUBECONFIG or ~/.kube/config; in a pod, its service
+    /// account) instead of manifests.
+    #[arg(long, conflicts_with = "paths")]
+    pub cluster: bool,
+    /// The kubeconfig context to use with --cluster (default: the current one).
+    #[arg(long, requires = "cluster")]
+    pub context: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]

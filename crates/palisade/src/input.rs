@@ -68,8 +68,43 @@ impl Ui {
 /// unless `skip_invalid`, so an analysis never runs on half a cluster by
 /// accident.
 pub fn load_cluster(paths: &[PathBuf], skip_invalid: bool, ui: &Ui) -> Result<Cluster, Failure> {
-    let (sources, mut problems) = read_paths(paths);
-    let manifests = parse_sources(&sources);
+    let (sources, problems) = read_paths(paths);
+    assemble(parse_sources(&sources), problems, skip_invalid, ui)
+}
+
+/// The cluster behind a kubeconfig context, read with one list of each
+/// kind Palisade reads (Namespaces, Nodes, NetworkPolicies, Pods).
+pub fn load_live_cluster(context: Option<&str>, skip_invalid: bool, ui: &Ui) -> Result<Cluster, Failure> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Input(format!("cannot start the async runtime: {e}")))?;
+    let objects = runtime.block_on(async {
+        let client = palisade_agent::kube_source::client(context).await?;
+        palisade_agent::kube_source::list_objects(client).await.map_err(|e| e.to_string())
+    });
+    let objects = objects.map_err(|e| Failure::Input(format!("reading the cluster: {e}")))?;
+    ui.note(&format!("read {} objects from the cluster", objects.len()));
+    assemble(palisade_model::parse_values(objects), Vec::new(), skip_invalid, ui)
+}
+
+/// Manifests or the API server, as the input arguments say.
+pub fn load_input(input: &crate::cli::InputArgs, ui: &Ui) -> Result<(Cluster, Engine), Failure> {
+    let cluster = if input.cluster {
+        load_live_cluster(input.context.as_deref(), input.skip_invalid, ui)?
+    } else {
+        load_cluster(&input.paths, input.skip_invalid, ui)?
+    };
+    let engine = Engine::from_cluster(&cluster);
+    Ok((cluster, engine))
+}
+
+fn assemble(
+    manifests: palisade_model::Manifests,
+    mut problems: Vec<palisade_model::Problem>,
+    skip_invalid: bool,
+    ui: &Ui,
+) -> Result<Cluster, Failure> {
     let skipped = manifests.skipped.clone();
     let (cluster, more, notices) = Cluster::from_manifests(manifests);
     problems.extend(more);

@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use palisade_agent::daemon::{run as run_daemon, Config, Event};
+use palisade_agent::daemon::{run_with, Config, Event};
+use palisade_agent::kube_source::KubeSource;
 use palisade_agent::node::NodeOptions;
 use palisade_agent::ops::{serve, Metrics};
+use palisade_agent::source::{DirSource, Source};
 use serde_json::json;
 
 use super::lab::{deny_action, require_root};
@@ -67,7 +69,8 @@ pub fn run(args: &AgentArgs) -> Result<()> {
         },
     };
     let stop = stop_on_signal();
-    let mut config = Config::new(args.dir.clone(), args.socket.clone(), palisade_cni::plugin::host_ifname);
+    let dir = args.dir.clone().unwrap_or_default();
+    let mut config = Config::new(dir.clone(), args.socket.clone(), palisade_cni::plugin::host_ifname);
     config.node = NodeOptions {
         netns: args.netns.clone(),
         deny: Some(deny_action(args.deny)),
@@ -84,7 +87,7 @@ pub fn run(args: &AgentArgs) -> Result<()> {
     logger.log(
         "info",
         "started",
-        json!({"dir": args.dir, "socket": args.socket, "metrics": addr.to_string(), "netns": args.netns}),
+        json!({"source": if args.kube { "kube".to_string() } else { dir.display().to_string() }, "socket": args.socket, "metrics": addr.to_string(), "netns": args.netns}),
     );
     let mut report = |event: Event, node: &palisade_agent::node::NodeAgent| {
         metrics.observe(&event, node);
@@ -108,7 +111,12 @@ pub fn run(args: &AgentArgs) -> Result<()> {
             Event::PodDeleted(host_if) => logger.log("info", "pod deleted", json!({"veth": host_if})),
         }
     };
-    run_daemon(&config, &stop, &mut report)?;
+    let source: Box<dyn Source> = if args.kube {
+        Box::new(KubeSource::connect(args.context.as_deref())?)
+    } else {
+        Box::new(DirSource::new(&dir))
+    };
+    run_with(&config, source, &stop, &mut report)?;
     logger.log("info", "stopped; the rules stay in the kernel", json!({}));
     Ok(())
 }

@@ -8,12 +8,12 @@ use palisade_engine::{Engine, Flow, FlowEnd, Matrix, SideVerdict};
 use serde_json::json;
 
 use crate::cli::{AnalyzeArgs, AnalyzeFormat};
-use crate::input::{key_matches, load_engine, parse_probe, Failure, Ui};
+use crate::input::{key_matches, load_input, parse_probe, Failure, Ui};
 use crate::output::{self, Names};
 
 pub fn run(args: &AnalyzeArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
     let probes = args.ports.iter().map(|p| parse_probe(p)).collect::<Result<Vec<_>, _>>()?;
-    let (_, engine) = load_engine(&args.input.paths, args.input.skip_invalid, ui)?;
+    let (_, engine) = load_input(&args.input, ui)?;
     let matrix = Matrix::compute(&engine);
     let names = Names::new(&engine, &matrix);
     let keep = |patterns: &[String], i: usize| {

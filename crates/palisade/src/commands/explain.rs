@@ -7,7 +7,7 @@ use palisade_engine::{Engine, Flow, FlowEnd};
 use palisade_model::EndpointKey;
 
 use crate::cli::{ExplainArgs, TextOrJson};
-use crate::input::{load_engine, parse_probe, Failure, Ui};
+use crate::input::{load_input, parse_probe, Failure, Ui};
 
 fn resolve(engine: &Engine, s: &str) -> Result<FlowEnd, Failure> {
     if let Ok(ip) = s.parse::<std::net::IpAddr>() {
@@ -40,7 +40,7 @@ fn resolve(engine: &Engine, s: &str) -> Result<FlowEnd, Failure> {
 
 pub fn run(args: &ExplainArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
     let (protocol, port) = parse_probe(&args.port)?;
-    let (_, engine) = load_engine(&args.input.paths, args.input.skip_invalid, ui)?;
+    let (_, engine) = load_input(&args.input, ui)?;
     let flow = Flow { src: resolve(&engine, &args.src)?, dst: resolve(&engine, &args.dst)?, protocol, port };
     let e = engine.explain(&flow);
     if args.format == TextOrJson::Json {

@@ -6,10 +6,10 @@ use anyhow::Result;
 use palisade_engine::lint::{lint, Severity};
 
 use crate::cli::{FailOn, LintArgs, TextOrJson};
-use crate::input::{load_engine, Failure, Ui};
+use crate::input::{load_input, Failure, Ui};
 
 pub fn run(args: &LintArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
-    let (_, engine) = load_engine(&args.input.paths, args.input.skip_invalid, ui)?;
+    let (_, engine) = load_input(&args.input, ui)?;
     let findings = lint(&engine);
     if args.format == TextOrJson::Json {
         serde_json::to_writer_pretty(&mut *out, &findings)?;

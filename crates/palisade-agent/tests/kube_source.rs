@@ -1,0 +1,249 @@
+//! The `kube` source against kube's real client and watcher, talking to a
+//! scripted API server (tower-test): the initial lists, watch events,
+//! bookmarks, a `410 Gone` that forces a re-list, deletions of objects
+//! never seen, and an object the agent refuses. No API server can be
+//! installed on these machines, so the JSON is what one sends.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use kube::client::Body;
+use kube::Client;
+use palisade_agent::kube_source::KubeSource;
+use palisade_agent::source::{Source, SourceError};
+use palisade_model::Cluster;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Pods,
+    Namespaces,
+    Policies,
+    Nodes,
+}
+
+fn route(path: &str) -> Kind {
+    match path {
+        "/api/v1/pods" => Kind::Pods,
+        "/api/v1/namespaces" => Kind::Namespaces,
+        "/apis/networking.k8s.io/v1/networkpolicies" => Kind::Policies,
+        "/api/v1/nodes" => Kind::Nodes,
+        other => panic!("the agent called {other}: only the standard list and watch calls are expected"),
+    }
+}
+
+/// What the fake API server answers a list (`watch == false`) or a watch.
+struct Reply {
+    kind: Kind,
+    watch: bool,
+    body: String,
+}
+
+fn list(kind: Kind, list_kind: &str, rv: &str, items: Vec<Value>) -> Reply {
+    let api_version = if kind == Kind::Policies { "networking.k8s.io/v1" } else { "v1" };
+    let body =
+        json!({"kind": list_kind, "apiVersion": api_version, "metadata": {"resourceVersion": rv}, "items": items});
+    Reply { kind, watch: false, body: body.to_string() }
+}
+
+fn events(kind: Kind, events: Vec<(&str, Value)>) -> Reply {
+    let body = events.into_iter().map(|(t, o)| json!({"type": t, "object": o}).to_string() + "\n").collect();
+    Reply { kind, watch: true, body }
+}
+
+type Pending = tower_test::mock::SendResponse<Response<Body>>;
+
+/// Serves scripted replies in order per (kind, list|watch); a request with
+/// nothing scripted yet waits (a watch with no news). Logs every request.
+fn fake_api_server(
+    runtime: &tokio::runtime::Runtime,
+) -> (Client, mpsc::UnboundedSender<Reply>, Arc<Mutex<Vec<String>>>) {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Reply>();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let seen = log.clone();
+    runtime.spawn(async move {
+        let mut queued: HashMap<(Kind, bool), VecDeque<String>> = HashMap::new();
+        let mut waiting: HashMap<(Kind, bool), VecDeque<Pending>> = HashMap::new();
+        let respond = |send: Pending, body: String| {
+            send.send_response(Response::builder().status(200).body(Body::from(body.into_bytes())).unwrap());
+        };
+        loop {
+            tokio::select! {
+                request = handle.next_request() => {
+                    let Some((request, send)) = request else { break };
+                    let uri = request.uri().clone();
+                    seen.lock().unwrap().push(uri.to_string());
+                    let key = (route(uri.path()), uri.query().unwrap_or("").contains("watch=true"));
+                    match queued.get_mut(&key).and_then(VecDeque::pop_front) {
+                        Some(body) => respond(send, body),
+                        None => waiting.entry(key).or_default().push_back(send),
+                    }
+                }
+                reply = rx.recv() => {
+                    let Some(reply) = reply else { break };
+                    let key = (reply.kind, reply.watch);
+                    match waiting.get_mut(&key).and_then(VecDeque::pop_front) {
+                        Some(send) => respond(send, reply.body),
+                        None => queued.entry(key).or_default().push_back(reply.body),
+                    }
+                }
+            }
+        }
+    });
+    let _guard = runtime.enter();
+    (Client::new(service, "default"), tx, log)
+}
+
+fn pod(name: &str, labels: Value, ip: &str, extra: Value) -> Value {
+    let mut p = json!({
+        "metadata": {"name": name, "namespace": "x", "labels": labels, "resourceVersion": "1", "uid": format!("uid-{name}")},
+        "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i", "ports": [{"containerPort": 80, "name": "http"}]}]},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]},
+    });
+    if let (Some(p), Value::Object(extra)) = (p["metadata"].as_object_mut(), extra) {
+        p.extend(extra);
+    }
+    p
+}
+
+fn with_kind(mut v: Value, kind: &str) -> Value {
+    v["kind"] = json!(kind);
+    v["apiVersion"] = json!(if kind == "NetworkPolicy" { "networking.k8s.io/v1" } else { "v1" });
+    v
+}
+
+fn policy(name: &str) -> Value {
+    json!({
+        "metadata": {"name": name, "namespace": "x", "resourceVersion": "3"},
+        "spec": {"podSelector": {"matchLabels": {"app": "b"}}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "a"}}}]}]},
+    })
+}
+
+/// Polls until the source reports a state `done` accepts (or 5 s pass).
+fn wait_for(source: &mut KubeSource, what: &str, done: impl Fn(&Cluster) -> bool) -> Cluster {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = None;
+    loop {
+        match source.poll() {
+            Ok(Some(c)) if done(&c) => return c,
+            Ok(Some(c)) => last = Some(format!("{:?}", c.endpoints.iter().map(|e| &e.key).collect::<Vec<_>>())),
+            Ok(None) => {}
+            Err(e) => last = Some(e.to_string()),
+        }
+        assert!(Instant::now() < deadline, "{what}: not reached in 5 s; last: {last:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn pods_of(c: &Cluster) -> Vec<String> {
+    c.endpoints.iter().map(|e| e.key.to_string()).collect()
+}
+
+#[test]
+fn replays_lists_watches_bookmarks_and_gone() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let (client, api, log) = fake_api_server(&runtime);
+    let mut source = KubeSource::start_on(client, runtime.handle());
+
+    // Pods are listed first: not a complete state yet.
+    let owned = json!({"ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "a-7d9", "uid": "rs", "controller": true}]});
+    let mut done = pod("done", json!({"app": "a"}), "10.1.0.9", json!({}));
+    done["status"]["phase"] = json!("Succeeded");
+    api.send(list(
+        Kind::Pods,
+        "PodList",
+        "10",
+        vec![
+            pod("a", json!({"app": "a"}), "10.1.0.1", owned),
+            pod("b", json!({"app": "b"}), "10.1.0.2", json!({})),
+            done,
+        ],
+    ))
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(matches!(source.poll(), Ok(None)), "no state before every kind is listed");
+
+    api.send(list(
+        Kind::Namespaces,
+        "NamespaceList",
+        "10",
+        vec![json!({"metadata": {"name": "x", "labels": {"team": "t"}}})],
+    ))
+    .unwrap();
+    api.send(list(Kind::Policies, "NetworkPolicyList", "10", vec![policy("np")])).unwrap();
+    api.send(list(
+        Kind::Nodes,
+        "NodeList",
+        "10",
+        vec![json!({"metadata": {"name": "n1"}, "spec": {"podCIDR": "10.1.0.0/24", "podCIDRs": ["10.1.0.0/24"]}})],
+    ))
+    .unwrap();
+    let c = wait_for(&mut source, "the initial lists", |c| c.endpoints.len() == 2);
+    assert_eq!(pods_of(&c), ["x/a", "x/b"], "pods are themselves (not their ReplicaSet); a finished pod is gone");
+    assert_eq!(c.policies.len(), 1);
+    assert_eq!(c.namespaces["x"].labels.get("team").map(String::as_str), Some("t"));
+    assert_eq!(c.nodes[0].pod_cidrs[0].to_string(), "10.1.0.0/24");
+    assert!(matches!(source.poll(), Ok(None)), "nothing new, no new state");
+
+    // Watch events: an add, a relabel, the deletion of a pod never seen, a bookmark.
+    api.send(events(
+        Kind::Pods,
+        vec![
+            ("ADDED", with_kind(pod("c", json!({"app": "c"}), "10.1.0.3", json!({})), "Pod")),
+            ("MODIFIED", with_kind(pod("b", json!({"app": "b", "tier": "db"}), "10.1.0.2", json!({})), "Pod")),
+            ("DELETED", with_kind(pod("ghost", json!({}), "10.1.0.99", json!({})), "Pod")),
+            ("BOOKMARK", json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": "15"}})),
+        ],
+    ))
+    .unwrap();
+    let c = wait_for(&mut source, "the watch events", |c| c.endpoints.len() == 3);
+    assert_eq!(pods_of(&c), ["x/a", "x/b", "x/c"]);
+    let b = c.endpoints.iter().find(|e| e.key.name == "b").unwrap();
+    assert_eq!(b.labels.get("tier").map(String::as_str), Some("db"), "the relabel is seen");
+
+    // 410 Gone: the watcher lists again; b went away meanwhile.
+    let gone = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": "too old resource version", "reason": "Expired", "code": 410});
+    api.send(events(Kind::Pods, vec![("ERROR", gone)])).unwrap();
+    api.send(list(
+        Kind::Pods,
+        "PodList",
+        "20",
+        vec![
+            pod("a", json!({"app": "a"}), "10.1.0.1", json!({})),
+            pod("c", json!({"app": "c"}), "10.1.0.3", json!({})),
+        ],
+    ))
+    .unwrap();
+    let c = wait_for(&mut source, "the re-list after 410", |c| c.endpoints.len() == 2);
+    assert_eq!(pods_of(&c), ["x/a", "x/c"], "what the re-list says, b included in its absence");
+    let pod_lists =
+        log.lock().unwrap().iter().filter(|u| u.starts_with("/api/v1/pods?") && !u.contains("watch=true")).count();
+    assert_eq!(pod_lists, 2, "one list at start, one after 410: {:?}", log.lock().unwrap());
+
+    // A policy deleted.
+    api.send(events(Kind::Policies, vec![("DELETED", with_kind(policy("np"), "NetworkPolicy"))])).unwrap();
+    let c = wait_for(&mut source, "the policy deletion", |c| c.policies.is_empty());
+    assert_eq!(c.endpoints.len(), 2);
+
+    // An object the agent cannot read: refused, naming it; the caller keeps the last good state.
+    let mut bad = policy("bad");
+    bad["spec"]["ingress"] = json!([{"from": [{"ipBlock": {"cidr": "10.0.0.0/33"}}]}]);
+    api.send(events(Kind::Policies, vec![("ADDED", with_kind(bad, "NetworkPolicy"))])).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let err = loop {
+        match source.poll() {
+            Err(e @ SourceError::InvalidObjects { .. }) => break e.to_string(),
+            _ => assert!(Instant::now() < deadline, "the bad policy was not refused"),
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(err.contains("kube:NetworkPolicy/x/bad") && err.contains("cidr"), "{err}");
+
+    for uri in log.lock().unwrap().iter() {
+        assert!(!uri.contains("labelSelector") || uri.contains("watch"), "plain list/watch calls only: {uri}");
+    }
+}
