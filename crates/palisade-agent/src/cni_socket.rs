@@ -4,7 +4,8 @@
 //!   "podName"}` → `{"ok": true}` once the pod's policy is in the kernel, or
 //!   `{"error": "..."}`;
 //! - `{"op": "del", "containerID", "ifname"}` → `{"ok": true}`;
-//! - `{"op": "status"}` → `{"ok": true, "ready", "applied", ...}`.
+//! - `{"op": "status"}` → `{"ok": true, "ready", "applied", ...}`;
+//! - `{"op": "podCIDRs"}` → `{"ok": true, "podCIDRs": [...]}` (the Node's).
 //!
 //! A connection that sends nothing is a liveness check (the plugin's STATUS).
 
@@ -29,8 +30,14 @@ pub struct AddRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Add(AddRequest),
-    Del { container_id: String, ifname: String },
+    Del {
+        container_id: String,
+        ifname: String,
+    },
     Status,
+    /// The node's pod CIDRs (from its Node object), for the plugin's IPAM
+    /// when its config names no ranges.
+    PodCidrs,
 }
 
 pub struct CniSocket {
@@ -100,6 +107,7 @@ fn parse(line: &str) -> Result<Request, String> {
         }
         Some("del") => Ok(Request::Del { container_id: text("containerID")?, ifname: text("ifname")? }),
         Some("status") => Ok(Request::Status),
+        Some("podCIDRs") => Ok(Request::PodCidrs),
         _ => Err(format!("unknown op {}", v["op"])),
     }
 }
@@ -136,6 +144,7 @@ mod tests {
             Request::Del { container_id: "c".into(), ifname: "eth0".into() }
         );
         assert_eq!(parse(r#"{"op":"status"}"#).unwrap(), Request::Status);
+        assert_eq!(parse(r#"{"op":"podCIDRs"}"#).unwrap(), Request::PodCidrs);
         assert!(parse(r#"{"op":"add","containerID":"c"}"#).unwrap_err().contains("podNamespace"));
         assert!(parse(r#"{"op":"nope"}"#).unwrap_err().contains("unknown op"));
         assert!(parse("{").unwrap_err().contains("bad request"));

@@ -168,6 +168,17 @@ pub fn run_with(
                 report(Event::PodDeleted(&host_if), &node);
                 Ok(json!({}))
             }
+            Request::PodCidrs => {
+                let cidrs: Vec<String> = node.pod_cidrs().iter().map(|c| c.to_string()).collect();
+                if cidrs.is_empty() {
+                    Err(format!(
+                        "no pod CIDR known for node {:?} (is the agent's --node-name right, and does its Node have spec.podCIDRs?)",
+                        config.node.node_name.as_deref().unwrap_or("(unnamed)")
+                    ))
+                } else {
+                    Ok(json!({ "podCIDRs": cidrs }))
+                }
+            }
             Request::Status => Ok(json!({
                 "ready": applied.is_some() && !failing,
                 "applied": applied,

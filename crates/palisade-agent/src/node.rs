@@ -49,6 +49,8 @@ pub struct NodeOptions {
     pub keep_established: bool,
     /// Where the local pods are remembered across restarts.
     pub state_file: Option<PathBuf>,
+    /// This node's name: its Node object gives the pod CIDRs.
+    pub node_name: Option<String>,
 }
 
 pub struct NodeAgent {
@@ -99,6 +101,17 @@ impl NodeAgent {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// This node's pod CIDRs, from its Node object (empty if unknown).
+    pub fn pod_cidrs(&self) -> Vec<ipnet::IpNet> {
+        let name = self.opts.node_name.as_deref();
+        self.cluster
+            .nodes
+            .iter()
+            .find(|n| Some(n.name.as_str()) == name)
+            .map(|n| n.pod_cidrs.clone())
+            .unwrap_or_default()
     }
 
     pub fn local_pods(&self) -> &BTreeMap<EndpointKey, LocalPod> {

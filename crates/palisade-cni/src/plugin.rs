@@ -189,15 +189,54 @@ fn requested_ips(conf: &NetConf, env: &HashMap<String, String>) -> Result<Vec<Ip
     Ok(out)
 }
 
-fn store(conf: &NetConf) -> Result<(Store, Vec<IpNet>), CniError> {
-    let ipam = conf.ipam.as_ref().ok_or_else(|| {
-        CniError::new(Code::InvalidConfig, "invalid network configuration", "ipam.ranges is required")
-    })?;
-    if ipam.ranges.is_empty() {
-        return Err(CniError::new(Code::InvalidConfig, "invalid network configuration", "ipam.ranges is empty"));
-    }
+/// The address store, and the ranges to allocate from: the config's, or
+/// (none configured) the node's pod CIDRs as the agent knows them from
+/// the Node object. Only ADD needs the ranges (`need_ranges`).
+fn store(conf: &NetConf, need_ranges: bool) -> Result<(Store, Vec<IpNet>), CniError> {
+    let default = Ipam { ranges: Vec::new(), data_dir: None };
+    let ipam = conf.ipam.as_ref().unwrap_or(&default);
     let dir = ipam.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-    Ok((Store::open(&dir, &conf.name).map_err(ipam_error)?, ipam.ranges.clone()))
+    let store = Store::open(&dir, &conf.name).map_err(ipam_error)?;
+    if !ipam.ranges.is_empty() || !need_ranges {
+        return Ok((store, ipam.ranges.clone()));
+    }
+    let socket = conf.agent_socket.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_AGENT_SOCKET));
+    let no_ranges = |why: String| {
+        CniError::new(
+            Code::InvalidConfig,
+            "no address ranges",
+            format!("ipam.ranges is empty and the node's pod CIDRs are unknown: {why}"),
+        )
+    };
+    let answer = ask_agent(&socket, &json!({"op": "podCIDRs"}), Duration::from_millis(2000))
+        .map_err(|e| no_ranges(format!("palisade agent at {}: {e}", socket.display())))?;
+    let ranges = answer["podCIDRs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.as_str()?.parse::<IpNet>().ok())
+        .collect::<Vec<_>>();
+    if ranges.is_empty() {
+        return Err(no_ranges(format!("the agent at {} answered {answer}", socket.display())));
+    }
+    Ok((store, ranges))
+}
+
+/// One request to the agent; its answer, or why there is none.
+fn ask_agent(socket: &Path, request: &Value, timeout: Duration) -> Result<Value, String> {
+    let mut stream = UnixStream::connect(socket).map_err(|e| format!("cannot connect: {e}"))?;
+    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    stream.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    writeln!(stream, "{request}").map_err(|e| format!("cannot send: {e}"))?;
+    let mut line = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut line)
+        .map_err(|e| format!("no answer within {} ms: {e}", timeout.as_millis()))?;
+    let answer: Value = serde_json::from_str(&line).map_err(|e| format!("bad answer {line:?}: {e}"))?;
+    match answer["error"].as_str() {
+        Some(e) => Err(e.to_string()),
+        None => Ok(answer),
+    }
 }
 
 /// The node-side interface: stable per attachment, at most 15 bytes.
@@ -223,7 +262,7 @@ fn add(
     if !Path::new(netns).exists() {
         return Err(CniError::new(Code::InvalidEnvironment, "invalid CNI_NETNS", format!("{netns} does not exist")));
     }
-    let (store, ranges) = store(conf)?;
+    let (store, ranges) = store(conf, true)?;
     let requested = requested_ips(conf, env)?;
     let ips = store.allocate_requested(container_id, ifname, &ranges, &requested).map_err(ipam_error)?;
     let host_if = host_ifname(container_id, ifname);
@@ -312,24 +351,11 @@ fn confirm_policy(
             format!("palisade agent at {}: {why}", socket.display()),
         )
     };
-    let mut stream = UnixStream::connect(&socket).map_err(|e| not_ready(format!("cannot connect: {e}")))?;
-    stream.set_read_timeout(Some(timeout)).map_err(|e| not_ready(e.to_string()))?;
-    stream.set_write_timeout(Some(timeout)).map_err(|e| not_ready(e.to_string()))?;
-    writeln!(stream, "{request}").map_err(|e| not_ready(format!("cannot send: {e}")))?;
-    let mut line = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut line)
-        .map_err(|e| not_ready(format!("no answer within {} ms: {e}", timeout.as_millis())))?;
-    let answer: Value = serde_json::from_str(&line).map_err(|e| not_ready(format!("bad answer {line:?}: {e}")))?;
-    if answer["ok"] == json!(true) {
-        Ok(())
-    } else {
-        Err(not_ready(answer["error"].as_str().unwrap_or("refused").to_string()))
-    }
+    ask_agent(&socket, &request, timeout).map(|_| ()).map_err(not_ready)
 }
 
 fn del(conf: &NetConf, container_id: &str, netns: Option<&str>, ifname: &str) -> Result<(), CniError> {
-    let (store, _) = store(conf)?;
+    let (store, _) = store(conf, false)?;
     let host_if = host_ifname(container_id, ifname);
     let _ = netns;
     remove_link(&host_if)?;
@@ -373,7 +399,7 @@ fn check(conf: &NetConf, container_id: &str, netns: &str, ifname: &str) -> Resul
         .as_ref()
         .ok_or_else(|| CniError::new(Code::InvalidConfig, "CHECK needs prevResult", "prevResult is missing"))?;
     let prev = CniResult::from_json(prev)?;
-    let (store, _) = store(conf)?;
+    let (store, _) = store(conf, false)?;
     let held = store.lookup(container_id, ifname).map_err(ipam_error)?;
     for ip in prev.ips.iter().map(|c| c.address.addr()) {
         if !held.contains(&ip) {
@@ -396,7 +422,7 @@ fn check(conf: &NetConf, container_id: &str, netns: &str, ifname: &str) -> Resul
 }
 
 fn gc(conf: &NetConf) -> Result<(), CniError> {
-    let (store, _) = store(conf)?;
+    let (store, _) = store(conf, false)?;
     let Some(valid) = conf.valid_attachments.as_ref().or(conf.attachments.as_ref()) else {
         return Ok(()); // nothing said: nothing to collect
     };

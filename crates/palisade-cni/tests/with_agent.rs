@@ -25,6 +25,11 @@ kind: Namespace
 metadata: {name: shop}
 ---
 apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+spec: {podCIDR: 10.48.0.0/24, podCIDRs: [10.48.0.0/24]}
+---
+apiVersion: v1
 kind: Pod
 metadata: {name: web, namespace: shop, labels: {app: web}}
 spec: {containers: [{name: c, image: i}]}
@@ -115,6 +120,7 @@ fn add_returns_only_with_the_policy_in_place() {
             netns: Some(node.name.clone()),
             deny: Some(DenyAction::Reject),
             state_file: Some(dir.join("local-pods.json")),
+            node_name: Some("node-a".into()),
             ..NodeOptions::default()
         };
         config.poll = Duration::from_millis(50);
@@ -124,9 +130,11 @@ fn add_returns_only_with_the_policy_in_place() {
     while !socket_path.exists() {
         std::thread::sleep(Duration::from_millis(10));
     }
+    // No ranges in the config: the node's pod CIDR comes from its Node
+    // object, through the agent.
     let conf = json!({
         "cniVersion": "1.0.0", "name": "podnet", "type": "palisade-cni",
-        "ipam": {"ranges": ["10.48.0.0/24"], "dataDir": dir.join("ipam")},
+        "ipam": {"dataDir": dir.join("ipam")},
         "agentSocket": socket_path,
     });
 
@@ -134,6 +142,7 @@ fn add_returns_only_with_the_policy_in_place() {
     let (code, db) = add(&node, &conf, &pods[1], "db");
     assert_eq!(code, 0, "{db}");
     let db_ip: std::net::IpAddr = db["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().parse().unwrap();
+    assert!("10.48.0.0/24".parse::<ipnet::IpNet>().unwrap().contains(&db_ip), "from the Node's podCIDR: {db_ip}");
     let listener = pods[1].enter(|| TcpListener::bind((db_ip, 5432))).unwrap().unwrap();
     let server = std::thread::spawn(move || {
         for mut s in listener.incoming().flatten().take(1) {

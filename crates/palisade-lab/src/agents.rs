@@ -270,7 +270,7 @@ impl Agents {
             .arg(self.manifests())
             .arg("--socket")
             .arg(self.socket(node))
-            .args(["--netns", &self.nodes[node].1])
+            .args(["--netns", &self.nodes[node].1, "--node-name", &self.nodes[node].0])
             .args(["--deny", if self.deny == DenyAction::Reject { "reject" } else { "drop" }])
             .args(["--poll-ms", "10", "--debounce-ms", "0", "--log-format", "json"])
             .arg("--state-file")

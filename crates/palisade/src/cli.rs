@@ -86,6 +86,10 @@ pub struct AgentArgs {
     /// Log format: text on a terminal, JSON lines otherwise (auto).
     #[arg(long, value_enum, default_value = "auto")]
     pub log_format: LogFormat,
+    /// This node's name: its Node object's spec.podCIDRs are the ranges palisade-cni allocates from when its
+    /// config names none.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
     /// Exit when this process is gone (the lab's agents end with the lab).
     #[arg(long, hide = true)]
     pub owner_pid: Option<i32>,

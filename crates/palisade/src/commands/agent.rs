@@ -76,6 +76,7 @@ pub fn run(args: &AgentArgs) -> Result<()> {
         deny: Some(deny_action(args.deny)),
         keep_established: args.keep_established,
         state_file: Some(args.state_file.clone()),
+        node_name: args.node_name.clone(),
     };
     config.poll = Duration::from_millis(args.poll_ms);
     config.debounce = Duration::from_millis(args.debounce_ms);
