@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/ensure-toolchain.sh
+# The deploy manifests are validated against the Kubernetes API schemas.
+PALISADE_KUBERNETES_VALIDATE="$(scripts/ensure-schema-validator.sh)"
+export PALISADE_KUBERNETES_VALIDATE
 start=$(date +%s)
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -66,7 +66,7 @@ pub struct AgentArgs {
     #[arg(long)]
     pub netns: Option<String>,
     /// What happens to denied traffic.
-    #[arg(long, value_enum, default_value = "drop")]
+    #[arg(long, value_enum, default_value = "drop", env = "PALISADE_DENY")]
     pub deny: DenyArg,
     /// How often the directory is checked for changes, in milliseconds.
     #[arg(long, default_value_t = 200)]
@@ -75,7 +75,7 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = 50)]
     pub debounce_ms: u64,
     /// Keep established connections a policy change forbids (default: end them within a second).
-    #[arg(long)]
+    #[arg(long, env = "PALISADE_KEEP_ESTABLISHED")]
     pub keep_established: bool,
     /// Where the agent remembers the pods wired on this node, to take them back after a restart.
     #[arg(long, default_value = "/var/lib/palisade/agent/local-pods.json")]
