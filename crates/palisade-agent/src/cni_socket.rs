@@ -56,6 +56,16 @@ impl CniSocket {
         Ok(CniSocket { listener })
     }
 
+    /// Waits up to `timeout` for a connection (the loop's idle sleep, cut
+    /// short when the plugin calls: ADD waits on us).
+    pub fn wait(&self, timeout: Duration) {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(self.listener.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut fds, PollTimeout::from(ms));
+    }
+
     /// Serves the connections waiting now, calling `handle` for each
     /// request (its `Ok` value is merged into `{"ok": true}`); returns at
     /// once if there are none.

@@ -111,8 +111,8 @@ pub fn run_with(
         if now >= next_poll {
             next_poll = now + config.poll;
             match source.poll() {
-                Ok(Some(cluster)) => {
-                    node.set_cluster(cluster);
+                Ok(Some(update)) => {
+                    node.update(update);
                     read = source.digest().map(str::to_string);
                     burst = Some((burst.map_or(now, |b| b.0), now));
                 }
@@ -186,7 +186,7 @@ pub fn run_with(
                 "endpoints": node.engine().endpoints().count(),
             })),
         });
-        std::thread::sleep(Duration::from_millis(2));
+        socket.wait(Duration::from_millis(2));
     }
     let _ = std::fs::remove_file(&config.socket);
     Ok(())

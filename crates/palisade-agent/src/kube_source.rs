@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::source::{Source, SourceError};
+use crate::source::{Source, SourceError, Update};
 
 /// What the watch tasks share with the agent's loop.
 #[derive(Default)]
@@ -152,7 +152,7 @@ impl KubeSource {
 }
 
 impl Source for KubeSource {
-    fn poll(&mut self) -> Result<Option<Cluster>, SourceError> {
+    fn poll(&mut self) -> Result<Option<Update>, SourceError> {
         if let Some(e) = self.shared.error.lock().expect("lock").clone() {
             return Err(SourceError::Watch(e));
         }
@@ -170,7 +170,7 @@ impl Source for KubeSource {
             return Err(SourceError::InvalidObjects { count: problems.len(), problems: text.join("\n") });
         }
         self.digest = Some(format!("kube-{generation}"));
-        Ok(Some(cluster))
+        Ok(Some(Update::Full(cluster)))
     }
 
     fn digest(&self) -> Option<&str> {

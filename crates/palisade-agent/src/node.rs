@@ -4,7 +4,7 @@
 //! one kernel transaction; a failed one leaves the last good state in the
 //! kernel, and the next apply replaces the table whole.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -12,7 +12,10 @@ use palisade_dataplane::netns::Netns;
 use palisade_dataplane::nfnetlink::NetlinkSession;
 use palisade_dataplane::{ApplyError, DenyAction, NodeCompiler, Options};
 use palisade_engine::{Changes, EndpointId, Engine};
-use palisade_model::{Cluster, EndpointKey};
+use palisade_model::load::Object;
+use palisade_model::{Cluster, EndpointKey, Namespace, ObjectRef};
+
+use crate::source::Update;
 use serde::{Deserialize, Serialize};
 
 /// How palisade-cni names the node side of every pod's veth
@@ -63,6 +66,9 @@ pub struct NodeAgent {
     pending: Changes,
     /// The node's own addresses: flows to and from them are never judged.
     node_addrs: Vec<IpAddr>,
+    /// The addresses the source gave the local pods (the engine holds
+    /// their CNI addresses), restored when a pod stops being local.
+    source_ips: HashMap<EndpointKey, Vec<IpAddr>>,
     /// The source changed since the last apply: tracked flows may now be
     /// forbidden. (A new pod cannot forbid a flow that exists.)
     judge_flows: bool,
@@ -95,12 +101,19 @@ impl NodeAgent {
             local,
             pending: Changes::default(),
             node_addrs,
+            source_ips: HashMap::new(),
             judge_flows: false,
         })
     }
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The cluster as the source gave it (local pods with their CNI
+    /// addresses).
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
     }
 
     /// This node's pod CIDRs, from its Node object (empty if unknown).
@@ -124,24 +137,121 @@ impl NodeAgent {
         (rs.chains.values().map(|(_, r)| r.len()).sum(), rs.sets.values().map(|(_, e)| e.len()).sum())
     }
 
-    /// The state the engine should hold: the source's cluster, with the
+    /// A new state from the source. The engine holds it with the
     /// addresses the CNI plugin gave the local pods.
-    fn resync_engine(&mut self) {
-        let mut cluster = self.cluster.clone();
+    pub fn set_cluster(&mut self, mut cluster: Cluster) {
+        self.source_ips.clear();
         for ep in &mut cluster.endpoints {
             if let Some(pod) = self.local.get(&ep.key) {
-                ep.ips = pod.ips.clone();
+                let source = std::mem::replace(&mut ep.ips, pod.ips.clone());
+                self.source_ips.insert(ep.key.clone(), source);
             }
         }
         let changes = self.engine.sync_cluster(&cluster);
         self.pending.merge(changes);
-    }
-
-    /// A new state from the source.
-    pub fn set_cluster(&mut self, cluster: Cluster) {
         self.cluster = cluster;
         self.judge_flows = true;
-        self.resync_engine();
+    }
+
+    /// A new state from the source, whole or as changed objects.
+    pub fn update(&mut self, update: Update) {
+        match update {
+            Update::Full(cluster) => self.set_cluster(cluster),
+            Update::Objects { upserts, deletes } => self.apply_objects(upserts, deletes),
+        }
+    }
+
+    /// Plain objects changed: the cluster and the engine take exactly
+    /// them (no whole-cluster comparison).
+    fn apply_objects(&mut self, upserts: Vec<Object>, deletes: Vec<ObjectRef>) {
+        let c = &mut self.cluster;
+        for r in deletes {
+            let ns = r.namespace.clone().unwrap_or_default();
+            match r.kind.as_str() {
+                "Pod" => {
+                    let key = EndpointKey::pod(&ns, &r.name);
+                    if let Ok(i) = c.endpoints.binary_search_by(|e| e.key.cmp(&key)) {
+                        c.endpoints.remove(i);
+                    }
+                    self.source_ips.remove(&key);
+                    self.engine.remove_endpoint(&key);
+                }
+                "NetworkPolicy" => {
+                    c.policies.retain(|p| !(p.namespace == ns && p.name == r.name));
+                    self.engine.remove_policy(&ns, &r.name);
+                }
+                "Namespace" => {
+                    // Objects may still be in it: it keeps the API server's label.
+                    let implied = Namespace::implied(&r.name);
+                    self.engine.upsert_namespace(&implied);
+                    c.namespaces.insert(r.name.clone(), implied);
+                }
+                "Node" => c.nodes.retain(|n| n.name != r.name),
+                "Service" => c.services.retain(|s| !(s.namespace == ns && s.name == r.name)),
+                _ => {}
+            }
+        }
+        for object in upserts {
+            match object {
+                Object::Endpoint(mut ep) => {
+                    let key = ep.key.clone();
+                    if let Some(pod) = self.local.get(&key) {
+                        let source = std::mem::replace(&mut ep.ips, pod.ips.clone());
+                        self.source_ips.insert(key.clone(), source);
+                    }
+                    self.engine.upsert_endpoint(ep.clone());
+                    match c.endpoints.binary_search_by(|e| e.key.cmp(&key)) {
+                        Ok(i) => c.endpoints[i] = ep,
+                        Err(i) => c.endpoints.insert(i, ep),
+                    }
+                }
+                Object::NetworkPolicy(p) => {
+                    self.engine.upsert_policy(p.clone());
+                    let at = c.policies.binary_search_by(|q| (&q.namespace, &q.name).cmp(&(&p.namespace, &p.name)));
+                    match at {
+                        Ok(i) => c.policies[i] = p,
+                        Err(i) => c.policies.insert(i, p),
+                    }
+                }
+                Object::Namespace(ns) => {
+                    self.engine.upsert_namespace(&ns);
+                    c.namespaces.insert(ns.name.clone(), ns);
+                }
+                Object::Node(n) => {
+                    c.nodes.retain(|m| m.name != n.name);
+                    c.nodes.push(n);
+                }
+                Object::Service(svc) => {
+                    c.services.retain(|t| !(t.namespace == svc.namespace && t.name == svc.name));
+                    c.services.push(svc);
+                }
+            }
+        }
+        let changes = self.engine.compile();
+        self.pending.merge(changes);
+        self.judge_flows = true;
+    }
+
+    /// Puts endpoint `key` into the engine as the source has it, with its
+    /// CNI addresses if it is local (one endpoint: no whole-cluster sync).
+    fn refresh_endpoint(&mut self, key: &EndpointKey) {
+        let Ok(i) = self.cluster.endpoints.binary_search_by(|e| e.key.cmp(key)) else { return };
+        let ep = &mut self.cluster.endpoints[i];
+        match self.local.get(key) {
+            Some(pod) => {
+                let source = std::mem::replace(&mut ep.ips, pod.ips.clone());
+                self.source_ips.entry(key.clone()).or_insert(source);
+            }
+            None => {
+                if let Some(source) = self.source_ips.remove(key) {
+                    ep.ips = source;
+                }
+            }
+        }
+        self.engine.upsert_endpoint(ep.clone());
+        let changes = self.engine.compile();
+        self.pending.merge(changes);
+        self.touch(key);
     }
 
     /// The CNI plugin wired `key` here. Fails if the source does not know
@@ -150,7 +260,7 @@ impl NodeAgent {
     /// (its DEL never reached us: the IPAM hands an address out once) and
     /// is forgotten.
     pub fn pod_added(&mut self, key: EndpointKey, pod: LocalPod) -> Result<(), NodeError> {
-        if !self.cluster.endpoints.iter().any(|e| e.key == key) {
+        if self.cluster.endpoints.binary_search_by(|e| e.key.cmp(&key)).is_err() {
             return Err(NodeError::UnknownPod(key));
         }
         let stale: Vec<EndpointKey> = self
@@ -164,8 +274,9 @@ impl NodeAgent {
         }
         self.local.insert(key.clone(), pod);
         self.save()?;
-        self.resync_engine();
-        stale.iter().chain([&key]).for_each(|k| self.touch(k));
+        for k in stale.iter().chain([&key]) {
+            self.refresh_endpoint(k);
+        }
         Ok(())
     }
 
@@ -186,8 +297,9 @@ impl NodeAgent {
         }
         self.local.retain(|_, p| p.host_if != host_if);
         self.save()?;
-        self.resync_engine();
-        gone.iter().for_each(|k| self.touch(k));
+        for k in &gone {
+            self.refresh_endpoint(k);
+        }
         Ok(())
     }
 
@@ -195,7 +307,7 @@ impl NodeAgent {
         let Some(path) = &self.opts.state_file else { return Ok(()) };
         let err = |source| NodeError::State { path: path.clone(), source };
         let entries: Vec<(&EndpointKey, &LocalPod)> = self.local.iter().collect();
-        let text = serde_json::to_string_pretty(&entries).expect("serializable");
+        let text = serde_json::to_string(&entries).expect("serializable");
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
@@ -212,7 +324,18 @@ impl NodeAgent {
     pub fn apply(&mut self) -> Result<bool, NodeError> {
         let local = &self.local;
         let engine = &self.engine;
-        let iface = |id: EndpointId| local.get(&engine.endpoint(id).key).map(|p| p.host_if.clone());
+        let node_name = self.opts.node_name.as_deref();
+        // A pod scheduled here but not wired yet is local without a veth:
+        // its chains are in the kernel before its CNI ADD, which then only
+        // adds set elements (netlink, no `nft` run). Its veth stays
+        // dropped until then (the `pal*` rule).
+        let iface = |id: EndpointId| {
+            let ep = engine.endpoint(id);
+            match local.get(&ep.key) {
+                Some(p) => Some(p.host_if.clone()),
+                None => (node_name.is_some() && ep.node.as_deref() == node_name).then(String::new),
+            }
+        };
         let update = self.compiler.update(engine, &self.pending, &iface);
         let changed = !update.transaction.ops.is_empty();
         if let Err(e) = update.apply(&mut self.session) {

@@ -12,7 +12,7 @@ use http::{Request, Response};
 use kube::client::Body;
 use kube::Client;
 use palisade_agent::kube_source::KubeSource;
-use palisade_agent::source::{Source, SourceError};
+use palisade_agent::source::{Source, SourceError, Update};
 use palisade_model::Cluster;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -129,8 +129,11 @@ fn wait_for(source: &mut KubeSource, what: &str, done: impl Fn(&Cluster) -> bool
     let mut last = None;
     loop {
         match source.poll() {
-            Ok(Some(c)) if done(&c) => return c,
-            Ok(Some(c)) => last = Some(format!("{:?}", c.endpoints.iter().map(|e| &e.key).collect::<Vec<_>>())),
+            Ok(Some(Update::Full(c))) if done(&c) => return c,
+            Ok(Some(Update::Objects { .. })) => panic!("the kube source reports whole states"),
+            Ok(Some(Update::Full(c))) => {
+                last = Some(format!("{:?}", c.endpoints.iter().map(|e| &e.key).collect::<Vec<_>>()))
+            }
             Ok(None) => {}
             Err(e) => last = Some(e.to_string()),
         }

@@ -180,7 +180,7 @@ fn add_fails_closed_without_the_agent_and_leaves_nothing() {
 }
 
 #[test]
-fn add_check_del_gc_in_every_version_and_chained_before_portmap() {
+fn add_check_del_gc_in_every_version_and_chained_before_portmap_bandwidth_tuning() {
     if !palisade_testkit::privileged("cni add/check/del") {
         return;
     }
@@ -210,26 +210,67 @@ fn add_check_del_gc_in_every_version_and_chained_before_portmap() {
             let (code, v) = env.cni("CHECK", &vars(&id, &pod.path()), &with_prev);
             assert_eq!(code, 0, "CHECK {version}: {v}");
         }
-        // Chained before Debian's portmap (which speaks CNI up to 1.0.0).
-        if *version == "1.0.0" && std::path::Path::new("/usr/lib/cni/portmap").exists() {
-            let pm = json!({"cniVersion": "1.0.0", "name": "podnet", "type": "portmap",
-                            "capabilities": {"portMappings": true}, "prevResult": result});
-            let mut cmd = Command::new("ip");
-            cmd.args(["netns", "exec", &env.node.0, "/usr/lib/cni/portmap"])
-                .env_clear()
-                .env("CNI_COMMAND", "ADD")
-                .env("CNI_CONTAINERID", &id)
-                .env("CNI_NETNS", pod.path())
-                .env("CNI_IFNAME", "eth0")
-                .env("CNI_PATH", "/usr/lib/cni")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped());
-            let mut child = cmd.spawn().unwrap();
-            child.stdin.take().unwrap().write_all(pm.to_string().as_bytes()).unwrap();
-            let out = child.wait_with_output().unwrap();
-            let chained: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-            assert!(out.status.success(), "portmap: {chained}");
-            assert_eq!(chained["ips"], result["ips"], "portmap passes our result on");
+        // Chained before Debian's portmap, bandwidth and tuning (which speak
+        // CNI up to 1.0.0), each given the previous plugin's result, as a
+        // runtime runs a conflist; then DEL in reverse order.
+        if *version == "1.0.0" {
+            for kind in ["portmap", "bandwidth", "tuning"] {
+                let path = format!("/usr/lib/cni/{kind}");
+                assert!(
+                    std::path::Path::new(&path).exists(),
+                    "{path} is missing: scripts/ensure-toolchain.sh installs it"
+                );
+            }
+            let chain = [
+                json!({"type": "portmap", "capabilities": {"portMappings": true}}),
+                // Ingress shaping only: egress needs ifb, which this kernel lacks.
+                json!({"type": "bandwidth", "ingressRate": 8_000_000, "ingressBurst": 100_000}),
+                json!({"type": "tuning", "sysctl": {"net.core.somaxconn": "777"}}),
+            ];
+            let run = |plugin: &Value, command: &str, prev: &Value| {
+                let mut conf = plugin.clone();
+                conf["cniVersion"] = json!("1.0.0");
+                conf["name"] = json!("podnet");
+                conf["prevResult"] = prev.clone();
+                let kind = plugin["type"].as_str().unwrap();
+                let mut child = Command::new("ip")
+                    .args(["netns", "exec", &env.node.0, &format!("/usr/lib/cni/{kind}")])
+                    .env_clear()
+                    .env("CNI_COMMAND", command)
+                    .env("CNI_CONTAINERID", &id)
+                    .env("CNI_NETNS", pod.path())
+                    .env("CNI_IFNAME", "eth0")
+                    .env("CNI_PATH", "/usr/lib/cni")
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+                let out = child.wait_with_output().unwrap();
+                let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+                assert!(out.status.success(), "{kind} {command}: {v}");
+                v
+            };
+            let mut prev = result.clone();
+            for plugin in &chain {
+                let next = run(plugin, "ADD", &prev);
+                assert_eq!(next["ips"], result["ips"], "{} passes our result on", plugin["type"]);
+                prev = next;
+            }
+            let host_if = result["interfaces"][0]["name"].as_str().unwrap();
+            let qdisc = Command::new("ip")
+                .args(["netns", "exec", &env.node.0, "tc", "qdisc", "show", "dev", host_if])
+                .output()
+                .unwrap();
+            assert!(String::from_utf8_lossy(&qdisc.stdout).contains("tbf"), "bandwidth shaped our veth");
+            let somaxconn = Command::new("ip")
+                .args(["netns", "exec", &pod.0, "cat", "/proc/sys/net/core/somaxconn"])
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8_lossy(&somaxconn.stdout).trim(), "777", "tuning set the pod's sysctl");
+            for plugin in chain.iter().rev() {
+                run(plugin, "DEL", &prev);
+            }
         }
         let (code, v) = env.cni("DEL", &vars(&id, &pod.path()), &conf);
         assert_eq!(code, 0, "DEL {version}: {v}");

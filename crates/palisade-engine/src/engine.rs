@@ -180,10 +180,12 @@ impl Engine {
     /// only what differs, then compiles: ids of unchanged objects stay, so
     /// the returned changes are as small as the difference.
     pub fn sync_cluster(&mut self, cluster: &palisade_model::Cluster) -> Changes {
+        let wanted: std::collections::HashSet<(&str, &str)> =
+            cluster.policies.iter().map(|p| (p.namespace.as_str(), p.name.as_str())).collect();
         let gone: Vec<(String, String)> = self
             .policy_by_key
             .keys()
-            .filter(|(ns, name)| !cluster.policies.iter().any(|p| &p.namespace == ns && &p.name == name))
+            .filter(|(ns, name)| !wanted.contains(&(ns.as_str(), name.as_str())))
             .cloned()
             .collect();
         for (ns, name) in gone {
@@ -202,11 +204,25 @@ impl Engine {
         for ns in cluster.namespaces.values() {
             self.upsert_namespace(ns);
         }
+        // Compared before cloned: a sync is mostly unchanged objects.
         for ep in &cluster.endpoints {
-            self.upsert_endpoint(ep.clone());
+            let same = self
+                .endpoint_by_key
+                .get(&ep.key)
+                .is_some_and(|id| self.endpoints.get(id.0).expect("live endpoint").endpoint == *ep);
+            if !same {
+                self.upsert_endpoint(ep.clone());
+            }
         }
         for p in &cluster.policies {
-            self.upsert_policy(p.clone());
+            let key = (p.namespace.clone(), p.name.clone());
+            let same = self
+                .policy_by_key
+                .get(&key)
+                .is_some_and(|id| self.policies.get(id.0).expect("live policy").policy == *p);
+            if !same {
+                self.upsert_policy(p.clone());
+            }
         }
         self.compile()
     }

@@ -209,6 +209,28 @@ pub enum BenchCommand {
     /// Measure enforcement in a lab (root): throughput, RR and CRR against no filtering and a conntrack-only
     /// table, with N peer entries; full and single-pod apply times on a generated cluster.
     Dataplane(BenchDataplaneArgs),
+    /// Measure the node agent (root): first sync, pod confirmation, single-pod change latency and memory at a
+    /// generated cluster's scale, and full CNI ADD latency.
+    Agent(BenchAgentArgs),
+}
+
+#[derive(Args)]
+pub struct BenchAgentArgs {
+    #[arg(long, default_value_t = 10_000)]
+    pub pods: usize,
+    #[arg(long, default_value_t = 5_000)]
+    pub policies: usize,
+    #[arg(long, default_value_t = 100)]
+    pub namespaces: usize,
+    /// At most this many of node-0's pods are confirmed as local.
+    #[arg(long, default_value_t = 1_000)]
+    pub local: usize,
+    /// Single-pod changes to time.
+    #[arg(long, default_value_t = 200)]
+    pub changes: usize,
+    /// Full CNI ADDs to time.
+    #[arg(long, default_value_t = 50)]
+    pub adds: usize,
 }
 
 #[derive(Args)]

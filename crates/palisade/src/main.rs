@@ -21,6 +21,7 @@ fn run(cli: Cli, ui: &Ui, out: &mut dyn Write) -> anyhow::Result<()> {
         }
         Command::Bench(BenchCommand::Engine(g)) => palisade::commands::bench::run(&g, out),
         Command::Bench(BenchCommand::Dataplane(args)) => palisade::commands::bench_dataplane::run(&args, out),
+        Command::Bench(BenchCommand::Agent(args)) => palisade::commands::bench_agent::run(&args, out),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "palisade", out);
             Ok(())

@@ -27,6 +27,13 @@ fn agent_programs_the_node_and_stops_cleanly_on_sigterm() {
     let state = std::env::temp_dir().join(format!("palisade-agent-{}-pods.json", std::process::id()));
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let log = std::env::temp_dir().join(format!("palisade-agent-{}.log", std::process::id()));
+    // Killed if the test fails before its SIGTERM (it would hold the test's pipes).
+    struct Reaper(u32);
+    impl Drop for Reaper {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0 as i32), nix::sys::signal::SIGKILL);
+        }
+    }
     let mut agent = Command::new(env!("CARGO_BIN_EXE_palisade"))
         .args(["agent", "--dir"])
         .arg(&shop)
@@ -38,6 +45,7 @@ fn agent_programs_the_node_and_stops_cleanly_on_sigterm() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
+    let reaper = Reaper(agent.id());
     let listed =
         || Command::new("ip").args(["netns", "exec", &ns, "nft", "list", "table", "inet", "palisade"]).output();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -59,7 +67,13 @@ fn agent_programs_the_node_and_stops_cleanly_on_sigterm() {
         out
     };
     assert!(get("/healthz").starts_with("HTTP/1.1 200"), "{}", get("/healthz"));
-    assert!(get("/readyz").starts_with("HTTP/1.1 200"), "{}", get("/readyz"));
+    // Ready once the first apply has returned (the table appears a moment
+    // before: the apply then checks established flows).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !get("/readyz").starts_with("HTTP/1.1 200") {
+        assert!(Instant::now() < deadline, "not ready within 5 s: {}", get("/readyz"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let metrics = get("/metrics");
     for needle in [
         "palisade_agent_endpoints 8",
@@ -78,6 +92,7 @@ fn agent_programs_the_node_and_stops_cleanly_on_sigterm() {
     assert_eq!(line["msg"], "started", "{line}");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     let status = agent.wait().unwrap();
+    std::mem::forget(reaper); // reaped: its pid may be someone else's now
     assert!(status.success(), "SIGTERM is a clean stop: {status}");
     assert!(listed().unwrap().status.success(), "enforcement stays after the agent stops");
     assert!(!socket.exists(), "the socket is removed");

@@ -1,6 +1,7 @@
 pub mod agent;
 pub mod analyze;
 pub mod bench;
+pub mod bench_agent;
 pub mod bench_dataplane;
 pub mod diff;
 pub mod explain;
