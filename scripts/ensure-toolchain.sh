@@ -26,6 +26,6 @@ if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
   export PATH="$HOME/.cargo/bin:$PATH"
 fi
 if ! command -v cargo >/dev/null 2>&1; then
-  echo "palisade: no Rust toolchain found (cargo). Install Rust 1.85 or newer (rustup) and run again." >&2
+  echo "palisade: no Rust toolchain found (cargo). Install Rust 1.89 or newer (rustup) and run again." >&2
   exit 1
 fi

@@ -74,6 +74,9 @@ pub enum Event<'a> {
     PodDeleted(&'a str),
     /// The loop is alive (about once a second).
     Tick,
+    /// Something the agent worked around (a damaged state file, a kernel
+    /// pod matching no cluster pod).
+    Warning(&'a str),
 }
 
 /// Runs until `stop` is set (or the owner process is gone). Leaves the
@@ -90,6 +93,9 @@ pub fn run_with(
     report: &mut dyn FnMut(Event, &NodeAgent),
 ) -> Result<(), DaemonError> {
     let mut node = NodeAgent::new(config.node.clone())?;
+    for w in node.take_warnings() {
+        report(Event::Warning(&w), &node);
+    }
     let socket = CniSocket::bind(&config.socket)
         .map_err(|source| DaemonError::Socket { path: config.socket.clone(), source })?;
     let mut next_poll = Instant::now();
@@ -113,6 +119,9 @@ pub fn run_with(
             match source.poll() {
                 Ok(Some(update)) => {
                     node.update(update);
+                    for w in node.take_warnings() {
+                        report(Event::Warning(&w), &node);
+                    }
                     read = source.digest().map(str::to_string);
                     burst = Some((burst.map_or(now, |b| b.0), now));
                 }
@@ -153,7 +162,11 @@ pub fn run_with(
                         Ok(json!({}))
                     }
                     Err(e) => {
-                        failing = matches!(e, NodeError::Apply(_)) || failing;
+                        if !matches!(e, NodeError::UnknownPod(_)) {
+                            // The kernel did not take it: the loop retries as a whole.
+                            failing = true;
+                            report(Event::ApplyFailed { error: &e, retry_in: backoff }, &node);
+                        }
                         report(Event::PodRefused(&pod, &e.to_string()), &node);
                         Err(e.to_string())
                     }

@@ -72,6 +72,9 @@ pub struct NodeAgent {
     /// The source changed since the last apply: tracked flows may now be
     /// forbidden. (A new pod cannot forbid a flow that exists.)
     judge_flows: bool,
+    /// (veth, address) of local pods found in the kernel at start.
+    adopt: Vec<(String, IpAddr)>,
+    warnings: Vec<String>,
 }
 
 impl NodeAgent {
@@ -84,9 +87,19 @@ impl NodeAgent {
         let netns = opts.netns.as_deref().map(Netns::named);
         let node_addrs = node_addresses(netns.as_ref());
         let mut local = BTreeMap::new();
+        let mut warnings = Vec::new();
         if let Some(path) = &opts.state_file {
-            local = load(path)?;
-            let links = links(netns.as_ref());
+            // A lost or damaged file must not cost running pods their
+            // network: the kernel's own record (below) fills in.
+            local = load(path).unwrap_or_else(|e| {
+                warnings.push(format!("{e}; taking the local pods from the kernel instead"));
+                BTreeMap::new()
+            });
+        }
+        // Pods in the kernel's anti-spoofing sets: a previous agent's.
+        let adopt = kernel_pods(netns.as_ref());
+        // Only a link known to be gone drops a pod (if `ip` fails, keep all).
+        if let Some(links) = links(netns.as_ref()) {
             local.retain(|_, pod: &mut LocalPod| links.contains(&pod.host_if));
         }
         Ok(NodeAgent {
@@ -103,7 +116,45 @@ impl NodeAgent {
             node_addrs,
             source_ips: HashMap::new(),
             judge_flows: false,
+            adopt,
+            warnings,
         })
+    }
+
+    /// What the agent could not take back as it was (to be logged).
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
+    }
+
+    /// Local pods the kernel knows (veth and address) but the state file
+    /// did not: matched to endpoints of the first cluster by address.
+    fn adopt_kernel_pods(&mut self, cluster: &Cluster) {
+        let adopt = std::mem::take(&mut self.adopt);
+        if adopt.is_empty() {
+            return;
+        }
+        let by_ip: HashMap<IpAddr, &EndpointKey> =
+            cluster.endpoints.iter().flat_map(|e| e.ips.iter().map(move |ip| (*ip, &e.key))).collect();
+        let known: HashSet<&str> = self.local.values().map(|p| p.host_if.as_str()).collect();
+        let mut found: BTreeMap<EndpointKey, LocalPod> = BTreeMap::new();
+        for (host_if, ip) in &adopt {
+            if known.contains(host_if.as_str()) {
+                continue;
+            }
+            match by_ip.get(ip) {
+                Some(key) if !self.local.contains_key(*key) => {
+                    let pod = found.entry((*key).clone()).or_insert(LocalPod { host_if: host_if.clone(), ips: vec![] });
+                    pod.ips.push(*ip);
+                }
+                _ => self.warnings.push(format!("{host_if} ({ip}) in the kernel matches no pod of the cluster")),
+            }
+        }
+        if !found.is_empty() {
+            self.local.extend(found);
+            if let Err(e) = self.save() {
+                self.warnings.push(e.to_string());
+            }
+        }
     }
 
     pub fn engine(&self) -> &Engine {
@@ -140,6 +191,7 @@ impl NodeAgent {
     /// A new state from the source. The engine holds it with the
     /// addresses the CNI plugin gave the local pods.
     pub fn set_cluster(&mut self, mut cluster: Cluster) {
+        self.adopt_kernel_pods(&cluster);
         self.source_ips.clear();
         for ep in &mut cluster.endpoints {
             if let Some(pod) = self.local.get(&ep.key) {
@@ -343,11 +395,13 @@ impl NodeAgent {
             return Err(e.into());
         }
         self.pending = Changes::default();
-        if std::mem::take(&mut self.judge_flows) && !self.opts.keep_established {
+        if self.judge_flows && !self.opts.keep_established {
             let netns = self.opts.netns.as_deref().map(Netns::named);
             let denies = palisade_dataplane::conntrack::engine_denies(&self.engine, self.node_addrs.clone());
+            // On failure the flows are judged again at the next apply.
             palisade_dataplane::conntrack::flush_denied(netns.as_ref(), denies)?;
         }
+        self.judge_flows = false;
         Ok(changed)
     }
 }
@@ -374,10 +428,36 @@ fn ip_json(netns: Option<&Netns>, args: &[&str]) -> serde_json::Value {
     out.ok().and_then(|text| serde_json::from_str(&text).ok()).unwrap_or_default()
 }
 
-/// Link names in the node's namespace.
-fn links(netns: Option<&Netns>) -> HashSet<String> {
+/// Link names in the node's namespace (`None` if they cannot be listed).
+fn links(netns: Option<&Netns>) -> Option<HashSet<String>> {
     let v = ip_json(netns, &["-j", "link", "show"]);
-    v.as_array().into_iter().flatten().filter_map(|l| l["ifname"].as_str().map(str::to_string)).collect()
+    let links = v.as_array()?;
+    Some(links.iter().filter_map(|l| l["ifname"].as_str().map(str::to_string)).collect())
+}
+
+/// (veth, address) pairs of the table's anti-spoofing sets: the local pods
+/// the kernel enforces for, whoever programmed it.
+fn kernel_pods(netns: Option<&Netns>) -> Vec<(String, IpAddr)> {
+    let mut out = Vec::new();
+    for set in ["pod_src_v4", "pod_src_v6"] {
+        let args = ["-j", "list", "set", "inet", "palisade", set];
+        let text = match netns {
+            Some(ns) => ns.exec("nft", &args, None),
+            None => palisade_dataplane::netns::run("nft", &args, None),
+        };
+        let Ok(v) = text.map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap_or_default()) else { continue };
+        for item in v["nftables"].as_array().into_iter().flatten() {
+            for elem in item["set"]["elem"].as_array().into_iter().flatten() {
+                let concat = if elem["concat"].is_array() { &elem["concat"] } else { &elem["elem"]["val"]["concat"] };
+                if let (Some(iface), Some(ip)) =
+                    (concat[0].as_str(), concat[1].as_str().and_then(|s| s.parse::<IpAddr>().ok()))
+                {
+                    out.push((iface.to_string(), ip));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The node's own addresses, and the pods' gateway addresses it answers for.

@@ -104,7 +104,7 @@ impl Metrics {
             Event::PodRefused(..) => {
                 self.pods_refused.inc();
             }
-            Event::PodDeleted(_) | Event::Tick => {}
+            Event::PodDeleted(_) | Event::Tick | Event::Warning(_) => {}
         }
         self.endpoints.set(node.engine().endpoints().count() as i64);
         self.policies.set(node.engine().policies().count() as i64);

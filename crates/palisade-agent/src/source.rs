@@ -104,14 +104,24 @@ impl DirSource {
         DirSource { dir: dir.to_path_buf(), seen: None, files: BTreeMap::new(), digest: None }
     }
 
-    /// The manifest files (those `read_paths` reads) and their ids.
-    fn fingerprint(&self) -> Fingerprint {
+    /// The manifest files (those `read_paths` reads) and their ids. A
+    /// directory or file that cannot be listed is an error, never an empty
+    /// state: that would drop every policy.
+    fn fingerprint(&self) -> Result<Fingerprint, SourceError> {
+        let unreadable = |path: &Path, e: std::io::Error| {
+            refused(&self.dir, &[Problem::Read { file: path.display().to_string(), reason: e.to_string() }])
+        };
         let mut out = Vec::new();
         let mut stack = vec![self.dir.clone()];
         while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                let path = entry.path();
-                let Ok(meta) = std::fs::metadata(&path) else { continue };
+            for entry in std::fs::read_dir(&dir).map_err(|e| unreadable(&dir, e))? {
+                let path = entry.map_err(|e| unreadable(&dir, e))?.path();
+                let meta = match std::fs::metadata(&path) {
+                    Ok(m) => m,
+                    // Removed between listing and looking: not there.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(unreadable(&path, e)),
+                };
                 if meta.is_dir() {
                     stack.push(path);
                 } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) {
@@ -121,7 +131,7 @@ impl DirSource {
             }
         }
         out.sort();
-        out
+        Ok(out)
     }
 
     /// The whole cluster of `files`, or its problems.
@@ -155,7 +165,7 @@ impl Source for DirSource {
     /// state changes nothing: the next change is compared with the last
     /// good one.
     fn poll(&mut self) -> Result<Option<Update>, SourceError> {
-        let now = self.fingerprint();
+        let now = self.fingerprint()?;
         if self.seen.as_ref() == Some(&now) {
             return Ok(None);
         }
@@ -291,6 +301,12 @@ mod tests {
         let replica = "apiVersion: v1\nkind: Pod\nmetadata: {name: w-1, namespace: x, ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: w-7d, uid: u, controller: true}]}\nspec: {containers: [{name: c, image: i}]}\n";
         std::fs::write(dir.join("c.yaml"), replica).unwrap();
         assert_eq!(full(source.poll().unwrap()).endpoints.len(), 3);
+
+        // A directory that cannot be read is refused, not read as empty.
+        let gone = dir.join("gone");
+        std::fs::create_dir_all(&gone).unwrap();
+        let mut missing = DirSource::new(&dir.join("nope"));
+        assert!(missing.poll().unwrap_err().to_string().contains("nope"));
 
         // Declared twice across files: refused.
         std::fs::write(dir.join("d.yaml"), pod.replace("name: a", "name: b")).unwrap();

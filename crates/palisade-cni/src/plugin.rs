@@ -208,8 +208,16 @@ fn store(conf: &NetConf, need_ranges: bool) -> Result<(Store, Vec<IpNet>), CniEr
             format!("ipam.ranges is empty and the node's pod CIDRs are unknown: {why}"),
         )
     };
-    let answer = ask_agent(&socket, &json!({"op": "podCIDRs"}), Duration::from_millis(2000))
-        .map_err(|e| no_ranges(format!("palisade agent at {}: {e}", socket.display())))?;
+    // An agent that does not answer is the fail-closed case (101), not a
+    // configuration error.
+    let answer = ask_agent(&socket, &json!({"op": "podCIDRs"}), Duration::from_millis(2000)).map_err(|e| {
+        let why = format!("palisade agent at {}: {e}", socket.display());
+        if e.starts_with("cannot connect") || e.starts_with("no answer") {
+            CniError::new(Code::PolicyNotReady, "the node agent is not answering; refusing to start the pod", why)
+        } else {
+            no_ranges(why)
+        }
+    })?;
     let ranges = answer["podCIDRs"]
         .as_array()
         .into_iter()
@@ -433,14 +441,21 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
     Ok(())
 }
 
-/// Ready when the agent answers on its socket.
+/// Ready when the agent answers and says its kernel holds the cluster's
+/// current state.
 fn status(conf: &NetConf) -> Result<(), CniError> {
     let socket = conf.agent_socket.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_AGENT_SOCKET));
-    UnixStream::connect(&socket).map(|_| ()).map_err(|e| {
+    let not_ready = |why: String| {
         CniError::new(
             Code::NotAvailable,
-            "the palisade agent is not running; new pods cannot be started",
-            format!("{}: {e}", socket.display()),
+            "the palisade agent is not ready; new pods cannot be started",
+            format!("{}: {why}", socket.display()),
         )
-    })
+    };
+    let answer = ask_agent(&socket, &json!({"op": "status"}), Duration::from_millis(2000)).map_err(not_ready)?;
+    if answer["ready"] == json!(true) {
+        Ok(())
+    } else {
+        Err(not_ready(format!("the kernel does not hold the current state yet ({answer})")))
+    }
 }

@@ -106,6 +106,10 @@ fn confirmer(env: &Env) -> std::thread::JoinHandle<usize> {
             if request["op"] == "stop" {
                 break;
             }
+            if request["op"] == "status" {
+                writeln!(&stream, "{}", json!({"ok": true, "ready": true})).unwrap();
+                continue;
+            }
             let id = request["containerID"].as_str().unwrap();
             let host_if = palisade_cni::plugin::host_ifname(id, request["ifname"].as_str().unwrap());
             let links = Command::new("ip").args(["-n", &node, "-o", "link", "show", &host_if]).output().unwrap();
@@ -187,6 +191,8 @@ fn add_check_del_gc_in_every_version_and_chained_before_portmap_bandwidth_tuning
     let env = Env::new("ok");
     let server = confirmer(&env);
     let ranges = ["10.45.0.0/24", "fd00:45::/120"];
+    let (code, v) = env.cni("STATUS", &[], &env.conf("1.1.0", &ranges));
+    assert_eq!(code, 0, "STATUS: ready when the agent says so: {v}");
     for (i, version) in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"].iter().enumerate() {
         let pod = Ns::new(&format!("okp{i}"));
         let id = format!("ctr{i}");

@@ -168,6 +168,21 @@ fn add_returns_only_with_the_policy_in_place() {
     assert_eq!((code, v["code"].as_u64()), (1, Some(101)), "{v}");
     assert!(v["details"].as_str().unwrap().contains("shop/ghost"), "{v}");
 
+    // STATUS asks the real agent, which is ready: its kernel holds the state.
+    let mut status = Command::new("ip")
+        .args(["netns", "exec", &node.name, env!("CARGO_BIN_EXE_palisade-cni")])
+        .env_clear()
+        .env("CNI_COMMAND", "STATUS")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut status_conf = conf.clone();
+    status_conf["cniVersion"] = json!("1.1.0");
+    status.stdin.take().unwrap().write_all(status_conf.to_string().as_bytes()).unwrap();
+    let out = status.wait_with_output().unwrap();
+    assert!(out.status.success(), "STATUS: {}", String::from_utf8_lossy(&out.stdout));
+
     stop.store(true, Ordering::Relaxed);
     agent.join().unwrap();
 }

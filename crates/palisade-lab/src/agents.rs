@@ -102,6 +102,11 @@ impl RunDir {
         self.dir.join(format!("n{node}.sock"))
     }
 
+    /// Where node `node`'s agent remembers its pods.
+    pub fn state_file(&self, node: usize) -> PathBuf {
+        self.dir.join(format!("n{node}-pods.json"))
+    }
+
     fn log(&self, node: usize) -> PathBuf {
         self.dir.join(format!("agent-n{node}.log"))
     }
@@ -274,7 +279,7 @@ impl Agents {
             .args(["--deny", if self.deny == DenyAction::Reject { "reject" } else { "drop" }])
             .args(["--poll-ms", "10", "--debounce-ms", "0", "--log-format", "json"])
             .arg("--state-file")
-            .arg(self.dir.join(format!("n{node}-pods.json")))
+            .arg(self.state_file(node))
             .args(["--metrics-addr", "127.0.0.1:0", "--owner-pid", &std::process::id().to_string()]);
         if self.keep_established {
             cmd.arg("--keep-established");

@@ -130,7 +130,11 @@ fn a_live_cluster_analyzes_as_its_manifests_do() {
 
     // lint and explain read the cluster the same way.
     let lint = run(&["lint", "--cluster", "--context", "fake"]);
-    assert!(lint.0.is_some(), "{}", lint.2);
+    let lint_files = run(&["lint", file.to_str().unwrap()]);
+    assert_eq!((lint.0, &lint.1), (lint_files.0, &lint_files.1), "{}", lint.2);
+    let explain = run(&["explain", "shop/web", "shop/api-1", "tcp/8080", "--cluster", "--context", "fake"]);
+    assert_eq!(explain.0, Some(0), "{}", explain.2);
+    assert!(explain.1.contains("allow"), "web may reach api on its named port:\n{}", explain.1);
     // An unreachable context is a clear error, not a crash.
     let bad = run(&["analyze", "--cluster", "--context", "nope"]);
     assert_ne!(bad.0, Some(0));

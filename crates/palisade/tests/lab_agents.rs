@@ -344,4 +344,16 @@ fn a_pod_is_never_reachable_before_its_policy() {
     lab.wire_pods(&new).unwrap();
     assert!(connect_tcp(&web, addr, Duration::from_millis(1000)).is_ok(), "web -> db is allowed");
     assert!(connect_tcp(&other, addr, Duration::from_millis(1000)).is_err(), "other -> db is denied");
+
+    // The agent's memory of its pods is destroyed and it is killed: its
+    // successor takes the pods back from the kernel's own record, so the
+    // node's pods keep their network and their policy.
+    let agents = lab.agents().unwrap();
+    std::fs::write(agents.state_file(db.node), "not json").unwrap();
+    agents.restart(db.node).unwrap();
+    assert!(connect_tcp(&web, addr, Duration::from_millis(1000)).is_ok(), "web -> db is still allowed");
+    assert!(connect_tcp(&other, addr, Duration::from_millis(1000)).is_err(), "other -> db is still denied");
+    let web_pod = lab.topology.plan.pods.iter().find(|p| p.key.name == "web").unwrap().clone();
+    let web_addr = SocketAddr::new(web_pod.ips[0], 80);
+    assert!(connect_tcp(&other, web_addr, Duration::from_millis(1000)).is_ok(), "web (same node) still reachable");
 }

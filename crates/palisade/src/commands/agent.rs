@@ -110,6 +110,7 @@ pub fn run(args: &AgentArgs) -> Result<()> {
             Event::PodConfirmed(pod) => logger.log("info", "pod confirmed: its policy is in the kernel", json!({"pod": pod})),
             Event::PodRefused(pod, e) => logger.log("warn", "pod refused", json!({"pod": pod, "error": e})),
             Event::PodDeleted(host_if) => logger.log("info", "pod deleted", json!({"veth": host_if})),
+            Event::Warning(w) => logger.log("warn", w, json!({})),
         }
     };
     let source: Box<dyn Source> = if args.kube {

@@ -171,9 +171,9 @@ pub fn run(args: &BenchAgentArgs, out: &mut dyn Write) -> Result<()> {
         let version = doc.split("\n    version: ").nth(1).and_then(|r| r.lines().next()).unwrap_or("v1").to_string();
         let next = format!("v{}", 1 + (version.trim_start_matches('v').parse::<usize>().unwrap_or(1) % 3));
         *doc = doc.replacen(&format!("\n    version: {version}\n"), &format!("\n    version: {next}\n"), 1);
+        let t = Instant::now();
         write_atomically(&path_of(f), &render(&files[f]))?;
         let digest = digest_dir(&manifests);
-        let t = Instant::now();
         wait_applied(&socket, &digest, Duration::from_secs(30))?;
         latencies.push(t.elapsed().as_secs_f64() * 1e3 + 0.0);
     }
