@@ -15,102 +15,16 @@ use std::time::{Duration, Instant};
 
 use palisade_dataplane::netns::Netns;
 use palisade_dataplane::DenyAction;
-use palisade_engine::{Engine, Flow, FlowEnd};
+use palisade_engine::Engine;
 use palisade_lab::probe::connect_tcp;
 use palisade_lab::{Lab, LabOptions};
-use palisade_model::{Cluster, EndpointKey, Protocol};
+use palisade_model::{Cluster, EndpointKey};
+use palisade_testkit::churn::{judge, Rng, Seen, World};
 
 use common::{cluster, privileged, run_id};
 
 const PODS: usize = 6;
 const CHANGES: usize = 1000;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
-/// The cluster: pods p0..p5 with a `role` label each, and up to four policies.
-struct World {
-    roles: Vec<usize>,
-    policies: Vec<Option<String>>,
-}
-
-impl World {
-    fn manifests(&self) -> String {
-        let mut s = String::new();
-        for (i, role) in self.roles.iter().enumerate() {
-            s += &format!(
-                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: x, labels: {{app: p{i}, role: r{role}}}}}\nspec: {{containers: [{{name: c, image: i, ports: [{{containerPort: 80}}]}}]}}\n"
-            );
-        }
-        for p in self.policies.iter().flatten() {
-            s += p;
-        }
-        s
-    }
-
-    fn random_policy(rng: &mut Rng, k: usize) -> String {
-        let types = ["[Ingress]", "[Egress]", "[Ingress, Egress]"][rng.below(3)];
-        let peer = |rng: &mut Rng| match rng.below(3) {
-            0 => format!("{{podSelector: {{matchLabels: {{role: r{}}}}}}}", rng.below(3)),
-            1 => format!("{{podSelector: {{matchLabels: {{app: p{}}}}}}}", rng.below(PODS)),
-            _ => "{namespaceSelector: {}}".to_string(),
-        };
-        let ports = ["", ", ports: [{port: 80}]", ", ports: [{port: 81}]"][rng.below(3)];
-        let ingress = if rng.below(4) == 0 { "[]".to_string() } else { format!("[{{from: [{}]{ports}}}]", peer(rng)) };
-        let egress = if rng.below(4) == 0 { "[]".to_string() } else { format!("[{{to: [{}]{ports}}}]", peer(rng)) };
-        format!(
-            "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: np{k}, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{role: r{}}}}}\n  policyTypes: {types}\n  ingress: {ingress}\n  egress: {egress}\n",
-            rng.below(3)
-        )
-    }
-
-    fn change(&mut self, rng: &mut Rng) {
-        match rng.below(3) {
-            0 => {
-                let i = rng.below(PODS);
-                self.roles[i] = rng.below(3);
-            }
-            1 => {
-                let k = rng.below(self.policies.len());
-                self.policies[k] = Some(Self::random_policy(rng, k));
-            }
-            _ => {
-                let k = rng.below(self.policies.len());
-                self.policies[k] = None;
-            }
-        }
-    }
-}
-
-struct Seen {
-    src: EndpointKey,
-    dst: EndpointKey,
-    /// Changes fully applied when the probe started and when it ended.
-    from: usize,
-    to: usize,
-    connected: bool,
-}
-
-fn sides(engine: &Engine, src: &EndpointKey, dst: &EndpointKey) -> (bool, bool) {
-    let (s, d) = (engine.endpoint_id(src).unwrap(), engine.endpoint_id(dst).unwrap());
-    let v = engine.verdict(&Flow {
-        src: FlowEnd::Endpoint(s),
-        dst: FlowEnd::Endpoint(d),
-        protocol: Protocol::Tcp,
-        port: 80,
-    });
-    (v.egress.allows(), v.ingress.allows())
-}
 
 #[test]
 fn no_probe_is_ever_allowed_that_the_engine_forbids() {
@@ -119,9 +33,9 @@ fn no_probe_is_ever_allowed_that_the_engine_forbids() {
     }
     let seed = 0x5eed_0001u64;
     let mut rng = Rng(seed);
-    let mut world = World { roles: (0..PODS).map(|i| i % 3).collect(), policies: vec![None; 4] };
+    let mut world = World::new(PODS, PODS, 4);
     for k in 0..2 {
-        world.policies[k] = Some(World::random_policy(&mut rng, k));
+        world.policies[k] = Some(world.random_policy(&mut rng, k));
     }
     // Reject: denied probes end at once, so the loop probes often.
     let opts = LabOptions { deny: DenyAction::Reject, ..LabOptions::default() };
@@ -163,7 +77,7 @@ fn no_probe_is_ever_allowed_that_the_engine_forbids() {
 
     let started = Instant::now();
     for i in 1..=CHANGES {
-        world.change(&mut rng);
+        world.change(&mut rng, false);
         lab.update(&cluster(&world.manifests())).unwrap();
         states.lock().unwrap().push(lab.cluster.clone());
         lab.apply().unwrap_or_else(|e| panic!("change {i}: {e}: {:?}", std::error::Error::source(&e)));
@@ -174,21 +88,7 @@ fn no_probe_is_ever_allowed_that_the_engine_forbids() {
     let seen: Vec<Seen> = probers.into_iter().flat_map(|p| p.join().unwrap()).collect();
 
     let engines: Vec<Engine> = states.lock().unwrap().iter().map(Engine::from_cluster).collect();
-    let mut violations = Vec::new();
-    let mut wrongly_denied = 0;
-    for s in &seen {
-        let window = s.from..=(s.to + 1).min(CHANGES);
-        let verdicts: Vec<(bool, bool)> = window.clone().map(|i| sides(&engines[i], &s.src, &s.dst)).collect();
-        if s.connected {
-            let egress = verdicts.iter().any(|v| v.0);
-            let ingress = verdicts.iter().any(|v| v.1);
-            if !(egress && ingress) {
-                violations.push(format!("{} -> {} connected during changes {window:?}: {verdicts:?}", s.src, s.dst));
-            }
-        } else if s.from == s.to && verdicts.iter().all(|v| v.0 && v.1) {
-            wrongly_denied += 1;
-        }
-    }
+    let (violations, wrongly_denied) = judge(&seen, &engines);
     let connected = seen.iter().filter(|s| s.connected).count();
     eprintln!(
         "churn (seed {seed:#x}): {CHANGES} changes in {:.1} s ({:.1} ms each), {} probes ({connected} connected), {} violations, {wrongly_denied} allowed probes refused, {} patches refused and resynced",

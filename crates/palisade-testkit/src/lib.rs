@@ -2,6 +2,7 @@
 //! random clusters for property tests, and the guard for tests that need root.
 
 pub mod arb;
+pub mod churn;
 
 use std::process::Command;
 

@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use palisade_dataplane::netns::Netns;
 use palisade_dataplane::DenyAction;
-use palisade_engine::{Engine, Flow, FlowEnd};
+use palisade_engine::Engine;
 use palisade_lab::probe::connect_tcp;
 use palisade_lab::{AgentSetup, Lab, LabOptions};
-use palisade_model::{parse_sources, Cluster, EndpointKey, Protocol, Source};
+use palisade_model::{parse_sources, Cluster, EndpointKey, Source};
+use palisade_testkit::churn::{judge, Rng, Seen, World};
 use palisade_testkit::privileged;
 
 const SLOTS: usize = 8;
@@ -36,110 +37,6 @@ fn options() -> LabOptions {
     }
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
-/// Pod slots p0..p7 (present or not) with a `role` each, up to four policies.
-struct World {
-    present: Vec<bool>,
-    roles: Vec<usize>,
-    policies: Vec<Option<String>>,
-}
-
-impl World {
-    fn manifests(&self) -> String {
-        let mut s = String::new();
-        for (i, role) in self.roles.iter().enumerate().filter(|(i, _)| self.present[*i]) {
-            s += &format!(
-                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: x, labels: {{app: p{i}, role: r{role}}}}}\nspec: {{containers: [{{name: c, image: i, ports: [{{containerPort: 80}}]}}]}}\n"
-            );
-        }
-        for p in self.policies.iter().flatten() {
-            s += p;
-        }
-        s
-    }
-
-    fn random_policy(rng: &mut Rng, k: usize) -> String {
-        let types = ["[Ingress]", "[Egress]", "[Ingress, Egress]"][rng.below(3)];
-        let peer = |rng: &mut Rng| match rng.below(3) {
-            0 => format!("{{podSelector: {{matchLabels: {{role: r{}}}}}}}", rng.below(3)),
-            1 => format!("{{podSelector: {{matchLabels: {{app: p{}}}}}}}", rng.below(SLOTS)),
-            _ => "{namespaceSelector: {}}".to_string(),
-        };
-        let ports = ["", ", ports: [{port: 80}]", ", ports: [{port: 81}]"][rng.below(3)];
-        let ingress = if rng.below(4) == 0 { "[]".to_string() } else { format!("[{{from: [{}]{ports}}}]", peer(rng)) };
-        let egress = if rng.below(4) == 0 { "[]".to_string() } else { format!("[{{to: [{}]{ports}}}]", peer(rng)) };
-        format!(
-            "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: np{k}, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{role: r{}}}}}\n  policyTypes: {types}\n  ingress: {ingress}\n  egress: {egress}\n",
-            rng.below(3)
-        )
-    }
-
-    fn change(&mut self, rng: &mut Rng) -> &'static str {
-        match rng.below(5) {
-            0 => {
-                self.roles[rng.below(SLOTS)] = rng.below(3);
-                "relabel"
-            }
-            1 => {
-                let k = rng.below(self.policies.len());
-                self.policies[k] = Some(Self::random_policy(rng, k));
-                "policy"
-            }
-            2 => {
-                let k = rng.below(self.policies.len());
-                self.policies[k] = None;
-                "policy removed"
-            }
-            _ => {
-                let i = rng.below(SLOTS);
-                // Keep at least three pods so the probes have pairs.
-                if self.present[i] && self.present.iter().filter(|p| **p).count() <= 3 {
-                    return "none";
-                }
-                self.present[i] = !self.present[i];
-                if self.present[i] {
-                    "pod added"
-                } else {
-                    "pod removed"
-                }
-            }
-        }
-    }
-}
-
-struct Seen {
-    src: EndpointKey,
-    dst: EndpointKey,
-    from: usize,
-    to: usize,
-    connected: bool,
-}
-
-/// (egress allowed, ingress allowed) of src -> dst tcp/80; a pod that does
-/// not exist in that state allows nothing.
-fn sides(engine: &Engine, src: &EndpointKey, dst: &EndpointKey) -> (bool, bool) {
-    let (Some(s), Some(d)) = (engine.endpoint_id(src), engine.endpoint_id(dst)) else { return (false, false) };
-    let v = engine.verdict(&Flow {
-        src: FlowEnd::Endpoint(s),
-        dst: FlowEnd::Endpoint(d),
-        protocol: Protocol::Tcp,
-        port: 80,
-    });
-    (v.egress.allows(), v.ingress.allows())
-}
-
 type Pods = Arc<Mutex<Vec<(EndpointKey, Netns, SocketAddr)>>>;
 
 fn current_pods(lab: &Lab) -> Vec<(EndpointKey, Netns, SocketAddr)> {
@@ -154,13 +51,9 @@ fn churn_with_pods_coming_and_going_and_agents_killed() {
     }
     let seed = 0x5eed_a6e7u64;
     let mut rng = Rng(seed);
-    let mut world = World {
-        present: (0..SLOTS).map(|i| i < 6).collect(),
-        roles: (0..SLOTS).map(|i| i % 3).collect(),
-        policies: vec![None; 4],
-    };
+    let mut world = World::new(SLOTS, 6, 4);
     for k in 0..2 {
-        world.policies[k] = Some(World::random_policy(&mut rng, k));
+        world.policies[k] = Some(world.random_policy(&mut rng, k));
     }
     let run_id = format!("{}ag", std::process::id());
     let mut lab = Lab::start(&cluster(&world.manifests()), &run_id, &[], options(), |_, _| {}).unwrap();
@@ -198,7 +91,7 @@ fn churn_with_pods_coming_and_going_and_agents_killed() {
     let mut kinds: std::collections::BTreeMap<&str, usize> = Default::default();
     let mut restarts = 0;
     for i in 1..=CHANGES {
-        *kinds.entry(world.change(&mut rng)).or_default() += 1;
+        *kinds.entry(world.change(&mut rng, true)).or_default() += 1;
         let next = cluster(&world.manifests());
         // Probers stop picking pods about to go (their probes in flight
         // may fail: a failure is never a violation).
@@ -223,19 +116,7 @@ fn churn_with_pods_coming_and_going_and_agents_killed() {
     assert!(lab.agents().unwrap().all_running(), "an agent died during the churn");
 
     let engines: Vec<Engine> = states.lock().unwrap().iter().map(Engine::from_cluster).collect();
-    let mut violations = Vec::new();
-    let mut wrongly_denied = 0;
-    for s in &seen {
-        let window = s.from..=(s.to + 1).min(CHANGES);
-        let verdicts: Vec<(bool, bool)> = window.clone().map(|i| sides(&engines[i], &s.src, &s.dst)).collect();
-        if s.connected {
-            if !(verdicts.iter().any(|v| v.0) && verdicts.iter().any(|v| v.1)) {
-                violations.push(format!("{} -> {} connected during changes {window:?}: {verdicts:?}", s.src, s.dst));
-            }
-        } else if s.from == s.to && verdicts.iter().all(|v| v.0 && v.1) {
-            wrongly_denied += 1;
-        }
-    }
+    let (violations, wrongly_denied) = judge(&seen, &engines);
     let connected = seen.iter().filter(|s| s.connected).count();
     eprintln!(
         "churn with agents (seed {seed:#x}): {CHANGES} changes {kinds:?} and {restarts} agent kills in {:.1} s ({:.1} ms each), {} probes ({connected} connected), {} violations, {wrongly_denied} allowed probes refused",
