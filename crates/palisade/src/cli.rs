@@ -249,6 +249,10 @@ pub struct BenchDataplaneArgs {
     pub pods: usize,
     #[arg(long, default_value_t = 5000)]
     pub policies: usize,
+    /// Measure configurations in turn within each round (floor, policy, floor, policy, ...) and report the median
+    /// of the per-round ratios to the conntrack floor: the machine's drift between rounds cancels out.
+    #[arg(long)]
+    pub interleave: bool,
 }
 
 #[derive(Args, Clone)]

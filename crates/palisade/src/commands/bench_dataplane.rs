@@ -218,6 +218,11 @@ pub fn run(args: &BenchDataplaneArgs, out: &mut dyn Write) -> Result<()> {
         "ct/RRcpu",
         "ct/CRRcpu"
     )?;
+    if args.interleave {
+        interleaved(&mut lab, &cluster, &configs, &paths, args, out)?;
+        drop(lab);
+        return apply_times(args, out);
+    }
     for (path, dst) in paths {
         let mut floor: Option<Rates> = None;
         for (name, entries) in &configs {
@@ -279,6 +284,83 @@ pub fn run(args: &BenchDataplaneArgs, out: &mut dyn Write) -> Result<()> {
     }
     drop(lab);
     apply_times(args, out)
+}
+
+/// Puts configuration `entries` in force: no table or the conntrack-only
+/// floor (`None`, by `name`), or Palisade with `n` peer entries.
+fn set_config(lab: &mut Lab, cluster: &Cluster, name: &str, entries: Option<usize>) -> Result<()> {
+    match entries {
+        None => set_floor(lab, if name == "no filtering" { "none" } else { "conntrack" })?,
+        Some(n) => {
+            set_floor(lab, "none")?;
+            lab.update(cluster)?;
+            for p in phantoms(n) {
+                lab.engine.upsert_endpoint(p);
+            }
+            lab.engine.compile();
+            lab.forget_rules()?;
+            lab.apply()?;
+        }
+    }
+    // Let the kernel free a replaced table's objects first (RCU, set
+    // teardown), or that is measured as the new configuration's cost.
+    std::thread::sleep(Duration::from_secs(2));
+    Ok(())
+}
+
+/// Every round measures every configuration once, one after the other;
+/// each configuration's ratio to the conntrack floor is taken within the
+/// round, and the median ratio over rounds is reported with its range.
+fn interleaved(
+    lab: &mut Lab,
+    cluster: &Cluster,
+    configs: &[(String, Option<usize>)],
+    paths: &[(&str, SocketAddr)],
+    args: &BenchDataplaneArgs,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let pod = |name: &str| lab.topology.plan.pods.iter().find(|p| p.key.name == name).expect("bench pod").clone();
+    let client = Netns::named(&pod("client").netns);
+    // samples[path][config][round]
+    let mut samples: Vec<Vec<Vec<Rates>>> = vec![vec![Vec::new(); configs.len()]; paths.len()];
+    for round in 0..args.rounds {
+        for (c, (name, entries)) in configs.iter().enumerate() {
+            set_config(lab, cluster, name, *entries)?;
+            for (p, (_, dst)) in paths.iter().enumerate() {
+                samples[p][c].push(measure(&client, *dst, args.seconds)?);
+            }
+        }
+        eprintln!("round {}/{} measured", round + 1, args.rounds);
+    }
+    let floor = configs.iter().position(|(n, _)| n == "conntrack only").expect("the floor is measured");
+    writeln!(
+        out,
+        "dataplane bench, interleaved: {} rounds, each measuring every configuration in turn ({:.1} s each);
+ratios are the median over rounds of (configuration / conntrack floor of the same round), [min-max]",
+        args.rounds, args.seconds
+    )?;
+    writeln!(out, "{:<12} {:<26} {:>22} {:>22} {:>22}", "path", "configuration", "RR/ct", "CRR/ct", "Gbit/ct")?;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        (v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    for (p, (path, _)) in paths.iter().enumerate() {
+        for (c, (name, _)) in configs.iter().enumerate() {
+            let ratios = |f: fn(&Rates) -> f64| {
+                let (m, lo, hi) =
+                    median(samples[p][c].iter().zip(&samples[p][floor]).map(|(x, fl)| f(x) / f(fl)).collect());
+                format!("{m:.3} [{lo:.2}-{hi:.2}]")
+            };
+            writeln!(
+                out,
+                "{path:<12} {name:<26} {:>22} {:>22} {:>22}",
+                ratios(|r| r.rr),
+                ratios(|r| r.crr),
+                ratios(|r| r.gbits)
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Full apply and single-pod change on a generated cluster, in a scratch
