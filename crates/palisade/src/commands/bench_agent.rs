@@ -175,7 +175,7 @@ pub fn run(args: &BenchAgentArgs, out: &mut dyn Write) -> Result<()> {
         write_atomically(&path_of(f), &render(&files[f]))?;
         let digest = digest_dir(&manifests);
         wait_applied(&socket, &digest, Duration::from_secs(30))?;
-        latencies.push(t.elapsed().as_secs_f64() * 1e3 + 0.0);
+        latencies.push(t.elapsed().as_secs_f64() * 1e3);
     }
     writeln!(out, "single-pod change, file written -> kernel: {}", summary(latencies))?;
     let (rss, hwm) = (status_kib(agent_pid, "VmRSS:"), status_kib(agent_pid, "VmHWM:"));

@@ -226,23 +226,7 @@ pub fn run(args: &BenchDataplaneArgs, out: &mut dyn Write) -> Result<()> {
     for (path, dst) in paths {
         let mut floor: Option<Rates> = None;
         for (name, entries) in &configs {
-            match entries {
-                None => set_floor(&lab, if name == "no filtering" { "none" } else { "conntrack" })?,
-                Some(n) => {
-                    set_floor(&lab, "none")?;
-                    lab.update(&cluster)?;
-                    for p in phantoms(*n) {
-                        lab.engine.upsert_endpoint(p);
-                    }
-                    lab.engine.compile();
-                    lab.forget_rules()?;
-                    lab.apply()?;
-                }
-            }
-            // The kernel frees a replaced table's objects in the background
-            // (RCU callbacks, set teardown): let that finish first, or it
-            // is measured as the new configuration's cost.
-            std::thread::sleep(Duration::from_secs(2));
+            set_config(&mut lab, &cluster, name, *entries)?;
             let mut samples = Vec::new();
             for _ in 0..args.rounds {
                 samples.push(measure(&client, dst, args.seconds)?);
