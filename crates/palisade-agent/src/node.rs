@@ -74,6 +74,9 @@ pub struct NodeAgent {
     judge_flows: bool,
     /// (veth, address) of local pods found in the kernel at start.
     adopt: Vec<(String, IpAddr)>,
+    /// Addresses of local pods that are gone: their tracked flows are
+    /// removed after the next apply (see `conntrack::forget_addresses`).
+    forget: Vec<IpAddr>,
     warnings: Vec<String>,
 }
 
@@ -99,8 +102,15 @@ impl NodeAgent {
         // Pods in the kernel's anti-spoofing sets: a previous agent's.
         let adopt = kernel_pods(netns.as_ref());
         // Only a link known to be gone drops a pod (if `ip` fails, keep all).
+        let mut forget = Vec::new();
         if let Some(links) = links(netns.as_ref()) {
-            local.retain(|_, pod: &mut LocalPod| links.contains(&pod.host_if));
+            local.retain(|_, pod: &mut LocalPod| {
+                let up = links.contains(&pod.host_if);
+                if !up {
+                    forget.extend(pod.ips.iter().copied());
+                }
+                up
+            });
         }
         Ok(NodeAgent {
             engine: Engine::new(),
@@ -117,6 +127,7 @@ impl NodeAgent {
             source_ips: HashMap::new(),
             judge_flows: false,
             adopt,
+            forget,
             warnings,
         })
     }
@@ -347,7 +358,13 @@ impl NodeAgent {
         if gone.is_empty() {
             return Ok(());
         }
-        self.local.retain(|_, p| p.host_if != host_if);
+        let forget = &mut self.forget;
+        self.local.retain(|_, p| {
+            if p.host_if == host_if {
+                forget.extend(p.ips.iter().copied());
+            }
+            p.host_if != host_if
+        });
         self.save()?;
         for k in &gone {
             self.refresh_endpoint(k);
@@ -402,6 +419,11 @@ impl NodeAgent {
             palisade_dataplane::conntrack::flush_denied(netns.as_ref(), denies)?;
         }
         self.judge_flows = false;
+        if !self.forget.is_empty() {
+            let netns = self.opts.netns.as_deref().map(Netns::named);
+            palisade_dataplane::conntrack::forget_addresses(netns.as_ref(), &self.forget);
+            self.forget.clear();
+        }
         Ok(changed)
     }
 }

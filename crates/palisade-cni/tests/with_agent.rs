@@ -68,10 +68,14 @@ impl Drop for Cleanup {
 }
 
 fn add(node: &Netns, conf: &Value, pod: &Netns, name: &str) -> (i32, Value) {
+    cni("ADD", node, conf, pod, name)
+}
+
+fn cni(command: &str, node: &Netns, conf: &Value, pod: &Netns, name: &str) -> (i32, Value) {
     let mut child = Command::new("ip")
         .args(["netns", "exec", &node.name, env!("CARGO_BIN_EXE_palisade-cni")])
         .env_clear()
-        .env("CNI_COMMAND", "ADD")
+        .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", format!("ctr-{name}"))
         .env("CNI_NETNS", pod.path())
         .env("CNI_IFNAME", "eth0")
@@ -182,6 +186,16 @@ fn add_returns_only_with_the_policy_in_place() {
     status.stdin.take().unwrap().write_all(status_conf.to_string().as_bytes()).unwrap();
     let out = status.wait_with_output().unwrap();
     assert!(out.status.success(), "STATUS: {}", String::from_utf8_lossy(&out.stdout));
+
+    // A deleted pod's tracked flows go with it: a new pod given its address
+    // must not receive them as established, past its own policy.
+    let tracked = |ip: std::net::IpAddr| {
+        node.exec("conntrack", &["-L", "-d", &ip.to_string()], None).unwrap_or_default().lines().count()
+    };
+    assert!(tracked(db_ip) > 0, "web -> db left a tracked flow");
+    let (code, v) = cni("DEL", &node, &conf, &pods[1], "db");
+    assert_eq!(code, 0, "DEL db: {v}");
+    assert_eq!(tracked(db_ip), 0, "db's flows are removed with it");
 
     stop.store(true, Ordering::Relaxed);
     agent.join().unwrap();

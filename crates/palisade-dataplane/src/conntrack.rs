@@ -101,6 +101,25 @@ pub fn flush_denied(ns: Option<&Netns>, denied: impl Fn(&CtFlow) -> bool) -> Res
     Ok(removed)
 }
 
+/// Deletes every tracked flow to or from `addrs`: the addresses of a pod
+/// that is gone. A new pod may get the same address, and an old flow's
+/// packets would then reach it as established, past its ingress policy and
+/// before its veth is confirmed. Returns how many deletions found entries.
+pub fn forget_addresses(ns: Option<&Netns>, addrs: &[IpAddr]) -> usize {
+    let mut removed = 0;
+    for addr in addrs {
+        let family = if addr.is_ipv4() { "ipv4" } else { "ipv6" };
+        let addr = addr.to_string();
+        for side in ["-s", "-d"] {
+            // conntrack exits 1 when nothing matched: not an error here.
+            if conntrack(ns, &["-D", "-f", family, side, &addr]).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
 /// The engine's judgement of a tracked flow: addresses of known endpoints
 /// are those endpoints, anything else is an outside address. Flows to or
 /// from `node_addrs` (this node's own addresses) are node-local, exempt

@@ -173,28 +173,45 @@ impl Ruleset {
             }
         }
         let rule = |e: &str, c: &str| Rule { exprs: vec![e.to_string()], comment: Some(c.to_string()) };
-        let mut rules = Vec::new();
+        // Every packet from a pod is checked, established or not: conntrack
+        // does not know interfaces, so a forged source with another pod's
+        // ports would otherwise ride that pod's connection. One concatenated
+        // lookup per packet; see `from_pod` below.
+        let from_pod = match &opts.pod_if_prefix {
+            Some(prefix) => format!("iifname \"{prefix}*\" jump from_pod"),
+            None => "iifname @pod_ifaces jump from_pod".to_string(),
+        };
+        let mut rules = vec![
+            rule(&from_pod, "from a pod: its own source address, or dropped"),
+            rule("ct state established,related accept", "replies and related ICMP of allowed connections"),
+        ];
         if let Some(prefix) = &opts.pod_if_prefix {
-            let unconfirmed = "a pod wired by palisade-cni whose policy is not in the kernel yet";
-            rules.push(rule(&format!("iifname \"{prefix}*\" iifname != @pod_ifaces drop"), unconfirmed));
-            rules.push(rule(&format!("oifname \"{prefix}*\" oifname != @pod_ifaces drop"), unconfirmed));
+            // After the established accept: a pod that is not confirmed has
+            // no connection here (its own packets stop in `from_pod`, and a
+            // deleted pod's flows are removed with it), so new ones suffice.
+            rules.push(rule(
+                &format!("oifname \"{prefix}*\" oifname != @pod_ifaces drop"),
+                "to a pod wired by palisade-cni whose policy is not in the kernel yet",
+            ));
         }
         rules.extend([
-            rule(
-                "meta nfproto ipv4 iifname @pod_ifaces iifname . ip saddr != @pod_src_v4 drop",
-                "anti-spoofing: a pod sends only from its own addresses",
-            ),
-            rule(
-                "meta nfproto ipv6 iifname @pod_ifaces iifname . ip6 saddr != @pod_src_v6 drop",
-                "anti-spoofing: a pod sends only from its own addresses",
-            ),
-            rule("ct state established,related accept", "replies and related ICMP of allowed connections"),
             rule("ct state invalid drop", "not part of any known connection"),
             rule("ip saddr vmap @egress_v4", "egress policy of local pods"),
             rule("ip6 saddr vmap @egress_v6", "egress policy of local pods"),
             rule("ip daddr vmap @ingress_v4", "ingress policy of local pods"),
             rule("ip6 daddr vmap @ingress_v6", "ingress policy of local pods"),
         ]);
+        let sender = vec![
+            rule("iifname . ip saddr @pod_src_v4 return", "a local pod's own address"),
+            rule("iifname . ip6 saddr @pod_src_v6 return", "a local pod's own address"),
+            rule("drop", "a forged source, or a pod whose policy is not in the kernel yet"),
+        ];
+        let def = ChainDef {
+            name: "from_pod".into(),
+            hook: None,
+            comment: "anti-spoofing: a pod sends only from its own addresses".into(),
+        };
+        self.chains.insert("from_pod".into(), (def, sender));
         let hook = Hook { kind: "filter", hook: "forward", priority: "filter", policy: "accept" };
         let def = ChainDef {
             name: "forward".into(),

@@ -64,10 +64,14 @@ fn a_pod_cannot_send_with_another_pods_address() {
     let target = SocketAddr::new(ip(b), 9999);
     let mut buf = [0u8; 64];
 
-    // c itself is admitted.
-    udp_from(&lab.topology.pod_netns(c), SocketAddr::new(ip(c), 40002)).send_to(b"from c", target).unwrap();
+    // c itself is admitted, and b answers: the flow is established.
+    let c_socket = udp_from(&lab.topology.pod_netns(c), SocketAddr::new(ip(c), 40002));
+    c_socket.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
+    c_socket.send_to(b"from c", target).unwrap();
     let (n, from) = receiver.recv_from(&mut buf).expect("c's datagram is allowed");
     assert_eq!((&buf[..n], from.ip()), (&b"from c"[..], ip(c)));
+    receiver.send_to(b"reply", from).unwrap();
+    assert_eq!(c_socket.recv_from(&mut buf).expect("b's reply reaches c").0, 5);
 
     // a claims c's address on its own interface and sends as c.
     lab.topology.pod_netns(a).ip_batch(&format!("addr add {}/32 dev eth0\n", ip(c))).unwrap();
@@ -79,6 +83,19 @@ fn a_pod_cannot_send_with_another_pods_address() {
         Err(_) => {}
         Ok((n, from)) => panic!("a forged datagram from {from} got through: {:?}", String::from_utf8_lossy(&buf[..n])),
     }
+    // The same five-tuple as c's established flow: conntrack alone would
+    // pass it, the sender check on a's veth must not.
+    let rider = udp_from(&lab.topology.pod_netns(a), SocketAddr::new(ip(c), 40002));
+    for _ in 0..3 {
+        rider.send_to(b"injected", target).unwrap();
+    }
+    match receiver.recv_from(&mut buf) {
+        Err(_) => {}
+        Ok((n, from)) => panic!("a datagram injected into c's flow got through from {from}: {:?}", &buf[..n]),
+    }
+    // c's own flow still works.
+    c_socket.send_to(b"again", target).unwrap();
+    assert_eq!(receiver.recv_from(&mut buf).expect("c's flow is untouched").0, 5);
     // And a as itself is denied by b's policy.
     udp_from(&lab.topology.pod_netns(a), SocketAddr::new(ip(a), 40003)).send_to(b"from a", target).unwrap();
     assert!(receiver.recv_from(&mut buf).is_err(), "a is not admitted by b's policy");
