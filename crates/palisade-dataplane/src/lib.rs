@@ -14,6 +14,7 @@ pub mod nfnetlink;
 pub mod nft;
 pub mod podnet;
 pub mod ruleset;
+pub mod sender;
 
 pub use incremental::{ApplyError, NodeCompiler, Update};
 pub use ruleset::{compile, compile_node, DenyAction, Options, Ruleset};

@@ -155,7 +155,7 @@ pub fn list(prefix: &str) -> Vec<Netns> {
 pub fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, NetnsError> {
     use std::io::Write;
     let command = format!("{program} {}", args.join(" "));
-    let mut child = Command::new(program)
+    let mut child = Command::new(resolve(program))
         .args(args)
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
@@ -170,6 +170,24 @@ pub fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, 
         return Err(NetnsError::Command { command, stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Where `program` is: found on PATH, else in the system directories. A
+/// CNI runtime may start the plugin with an empty environment, and `tc`,
+/// `nft` and `conntrack` live in sbin, which no default search path has.
+fn resolve(program: &str) -> std::path::PathBuf {
+    if program.contains('/') {
+        return program.into();
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    let system = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+    let found = path
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .chain(system)
+        .map(|dir| std::path::Path::new(dir).join(program))
+        .find(|p| p.is_file());
+    found.unwrap_or_else(|| program.into())
 }
 
 /// A namespace deleted when dropped (tests, the lab).

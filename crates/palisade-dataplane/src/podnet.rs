@@ -29,7 +29,8 @@ pub struct PodLink {
 
 impl PodLink {
     /// Creates the veth pair directly in both namespaces (never in the
-    /// root namespace), addresses, routes, proxy ARP.
+    /// root namespace), addresses, routes, proxy ARP, and the sender check
+    /// on the node side (see `sender`).
     pub fn attach(&self) -> Result<(), NetnsError> {
         assert!(self.host_if.len() <= 15, "interface name {:?} longer than 15 bytes", self.host_if);
         let has_v6 = self.addresses.iter().any(IpAddr::is_ipv6);
@@ -53,6 +54,8 @@ impl PodLink {
             node += &format!("route add {a}/{len} dev {}\n", self.host_if);
         }
         self.node.ip_batch(&node)?;
+        // Before the pod's end is up, so nothing it sends escapes the check.
+        self.node.exec("tc", &["-batch", "-"], Some(&crate::sender::attach_script(&self.host_if, &self.addresses)))?;
         self.node.sysctl(&format!("net.ipv4.conf.{}.proxy_arp", self.host_if), "1")?;
         // Replies to the pod's neighbour solicitations come at once.
         self.node.sysctl(&format!("net.ipv4.neigh.{}.proxy_delay", self.host_if), "0")?;

@@ -173,22 +173,20 @@ impl Ruleset {
             }
         }
         let rule = |e: &str, c: &str| Rule { exprs: vec![e.to_string()], comment: Some(c.to_string()) };
-        // Every packet from a pod is checked, established or not: conntrack
-        // does not know interfaces, so a forged source with another pod's
-        // ports would otherwise ride that pod's connection. One concatenated
-        // lookup per packet; see `from_pod` below.
+        // Established packets first, as in the conntrack floor: each packet
+        // from a pod has already passed the sender check on its veth (tc,
+        // `sender.rs`), so a forged one cannot ride another pod's flow.
+        // `from_pod` repeats that check for packets that open a connection,
+        // and drops everything from a veth that is not confirmed yet.
         let from_pod = match &opts.pod_if_prefix {
             Some(prefix) => format!("iifname \"{prefix}*\" jump from_pod"),
             None => "iifname @pod_ifaces jump from_pod".to_string(),
         };
         let mut rules = vec![
-            rule(&from_pod, "from a pod: its own source address, or dropped"),
             rule("ct state established,related accept", "replies and related ICMP of allowed connections"),
+            rule(&from_pod, "from a pod: its own source address, or dropped"),
         ];
         if let Some(prefix) = &opts.pod_if_prefix {
-            // After the established accept: a pod that is not confirmed has
-            // no connection here (its own packets stop in `from_pod`, and a
-            // deleted pod's flows are removed with it), so new ones suffice.
             rules.push(rule(
                 &format!("oifname \"{prefix}*\" oifname != @pod_ifaces drop"),
                 "to a pod wired by palisade-cni whose policy is not in the kernel yet",

@@ -1,5 +1,6 @@
 //! Anti-spoofing: a pod that sends with another pod's address is stopped
-//! at its own node, so it cannot borrow that pod's policy. Needs root.
+//! at its own node, so it cannot borrow that pod's policy or ride that
+//! pod's connection. IPv4 and IPv6. Needs root.
 
 mod common;
 
@@ -11,7 +12,7 @@ use palisade_lab::{Lab, LabOptions};
 
 use common::{cluster, privileged, run_id};
 
-const CLUSTER: &str = "
+const CLUSTER_V4: &str = "
 apiVersion: v1
 kind: Pod
 metadata: {name: a, namespace: x, labels: {app: a}}
@@ -39,12 +40,54 @@ fn udp_from(ns: &Netns, src: SocketAddr) -> UdpSocket {
     ns.enter(|| UdpSocket::bind(src)).unwrap().unwrap()
 }
 
+/// The same pods, IPv6 only.
+const CLUSTER_V6: &str = "
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: a}}
+spec: {nodeName: n1, containers: [{name: c, image: i}]}
+status: {podIP: 'fd00:10:244:1::a', podIPs: [{ip: 'fd00:10:244:1::a'}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c, namespace: x, labels: {app: c}}
+spec: {nodeName: n1, containers: [{name: c, image: i}]}
+status: {podIP: 'fd00:10:244:1::c', podIPs: [{ip: 'fd00:10:244:1::c'}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x, labels: {app: b}}
+spec: {nodeName: n2, containers: [{name: c, image: i}]}
+status: {podIP: 'fd00:10:244:2::b', podIPs: [{ip: 'fd00:10:244:2::b'}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: b, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: b}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: c}}}], ports: [{protocol: UDP, port: 9999}]}]
+";
+
 #[test]
-fn a_pod_cannot_send_with_another_pods_address() {
-    if !privileged("anti-spoofing") {
-        return;
+fn an_ipv4_pod_cannot_send_with_another_pods_address() {
+    if privileged("anti-spoofing, IPv4") {
+        forging_scenario(CLUSTER_V4, "4");
     }
-    let mut lab = Lab::start(&cluster(CLUSTER), &run_id("s"), &[], LabOptions::default(), |_, _| {}).unwrap();
+}
+
+#[test]
+fn an_ipv6_pod_cannot_send_with_another_pods_address() {
+    if privileged("anti-spoofing, IPv6") {
+        forging_scenario(CLUSTER_V6, "6");
+    }
+}
+
+/// Pods a and c share node n1, b is on n2 and admits only c. Pod a takes
+/// c's address and sends to b: as a new flow, and inside c's established
+/// flow (same five-tuple).
+fn forging_scenario(manifests: &str, tag: &str) {
+    let mut lab =
+        Lab::start(&cluster(manifests), &run_id(&format!("s{tag}")), &[], LabOptions::default(), |_, _| {}).unwrap();
     let plan = lab.topology.plan.clone();
     let pod = |n: &str| plan.pods.iter().position(|p| p.key.name == n).unwrap();
     let (a, b, c) = (pod("a"), pod("b"), pod("c"));
@@ -63,40 +106,57 @@ fn a_pod_cannot_send_with_another_pods_address() {
     receiver.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
     let target = SocketAddr::new(ip(b), 9999);
     let mut buf = [0u8; 64];
+    let mut nothing_arrives = |what: &str| match receiver.recv_from(&mut buf) {
+        Err(_) => {}
+        Ok((n, from)) => panic!("{what} got through from {from}: {:?}", String::from_utf8_lossy(&buf[..n])),
+    };
 
     // c itself is admitted, and b answers: the flow is established.
     let c_socket = udp_from(&lab.topology.pod_netns(c), SocketAddr::new(ip(c), 40002));
     c_socket.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
     c_socket.send_to(b"from c", target).unwrap();
-    let (n, from) = receiver.recv_from(&mut buf).expect("c's datagram is allowed");
-    assert_eq!((&buf[..n], from.ip()), (&b"from c"[..], ip(c)));
+    let mut rbuf = [0u8; 64];
+    let (n, from) = receiver.recv_from(&mut rbuf).expect("c's datagram is allowed");
+    assert_eq!((&rbuf[..n], from.ip()), (&b"from c"[..], ip(c)));
     receiver.send_to(b"reply", from).unwrap();
-    assert_eq!(c_socket.recv_from(&mut buf).expect("b's reply reaches c").0, 5);
+    assert_eq!(c_socket.recv_from(&mut rbuf).expect("b's reply reaches c").0, 5);
 
     // a claims c's address on its own interface and sends as c.
-    lab.topology.pod_netns(a).ip_batch(&format!("addr add {}/32 dev eth0\n", ip(c))).unwrap();
+    let len = if ip(c).is_ipv4() { 32 } else { 128 };
+    let nodad = if ip(c).is_ipv4() { "" } else { " nodad" };
+    lab.topology.pod_netns(a).ip_batch(&format!("addr add {}/{len} dev eth0{nodad}\n", ip(c))).unwrap();
     let forger = udp_from(&lab.topology.pod_netns(a), SocketAddr::new(ip(c), 40001));
     for _ in 0..3 {
         forger.send_to(b"forged", target).unwrap();
     }
-    match receiver.recv_from(&mut buf) {
-        Err(_) => {}
-        Ok((n, from)) => panic!("a forged datagram from {from} got through: {:?}", String::from_utf8_lossy(&buf[..n])),
-    }
+    nothing_arrives("a forged datagram (new flow)");
     // The same five-tuple as c's established flow: conntrack alone would
     // pass it, the sender check on a's veth must not.
     let rider = udp_from(&lab.topology.pod_netns(a), SocketAddr::new(ip(c), 40002));
     for _ in 0..3 {
         rider.send_to(b"injected", target).unwrap();
     }
-    match receiver.recv_from(&mut buf) {
-        Err(_) => {}
-        Ok((n, from)) => panic!("a datagram injected into c's flow got through from {from}: {:?}", &buf[..n]),
-    }
+    nothing_arrives("a datagram injected into c's flow");
     // c's own flow still works.
     c_socket.send_to(b"again", target).unwrap();
-    assert_eq!(receiver.recv_from(&mut buf).expect("c's flow is untouched").0, 5);
+    assert_eq!(receiver.recv_from(&mut rbuf).expect("c's flow is untouched").0, 5);
     // And a as itself is denied by b's policy.
-    udp_from(&lab.topology.pod_netns(a), SocketAddr::new(ip(a), 40003)).send_to(b"from a", target).unwrap();
-    assert!(receiver.recv_from(&mut buf).is_err(), "a is not admitted by b's policy");
+    let own = plan.pods[a].ips[0];
+    udp_from(&lab.topology.pod_netns(a), SocketAddr::new(own, 40003)).send_to(b"from a", target).unwrap();
+    nothing_arrives("a's own datagram (b's policy admits only c)");
+
+    // Where the protection lives: established packets are accepted before
+    // any rule of the forward chain (as in the conntrack floor), so it is
+    // the check on a's veth that stops the injection. Without it, the
+    // forged datagram rides c's flow; a new forged flow is still stopped
+    // by the forward chain.
+    let node = lab.topology.node_netns(plan.pods[a].node);
+    let shown = node.exec("tc", &["filter", "show", "dev", &plan.pods[a].host_if, "ingress"], None).unwrap();
+    assert!(palisade_dataplane::sender::is_attached(&shown), "a's veth carries the sender check:\n{shown}");
+    node.exec("tc", &["filter", "del", "dev", &plan.pods[a].host_if, "ingress", "pref", "1"], None).unwrap();
+    forger.send_to(b"forged", target).unwrap();
+    nothing_arrives("a forged new flow, without the veth check");
+    rider.send_to(b"injected", target).unwrap();
+    let (n, from) = receiver.recv_from(&mut rbuf).expect("without the veth check, the injection rides c's flow");
+    assert_eq!((&rbuf[..n], from.ip()), (&b"injected"[..], ip(c)));
 }

@@ -253,6 +253,10 @@ pub struct BenchDataplaneArgs {
     /// of the per-round ratios to the conntrack floor: the machine's drift between rounds cancels out.
     #[arg(long)]
     pub interleave: bool,
+    /// Per entry count, `--rounds` pairs of adjacent slices (conntrack floor, Palisade), swapping only the forward
+    /// hook's rules between them; reports the median of the per-pair ratios. The most precise comparison here.
+    #[arg(long, conflicts_with = "interleave")]
+    pub paired: bool,
 }
 
 #[derive(Args, Clone)]

@@ -8,14 +8,14 @@
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use palisade_dataplane::netns::{Netns, OwnedNetns};
 use palisade_dataplane::nfnetlink::NetlinkSession;
-use palisade_dataplane::{DenyAction, NodeCompiler, Options};
+use palisade_dataplane::{sender, DenyAction, NodeCompiler, Options};
 use palisade_engine::Engine;
 use palisade_lab::probe::{connect_tcp, echo};
 use palisade_lab::{Lab, LabOptions};
@@ -47,7 +47,7 @@ metadata: {name: servers, namespace: bench}
 spec:
   podSelector: {matchLabels: {role: server}}
   policyTypes: [Ingress, Egress]
-  ingress: [{from: [{podSelector: {matchLabels: {role: client}}}], ports: [{port: 5001}]}]
+  ingress: [{from: [{podSelector: {matchLabels: {role: client}}}], ports: [{port: 5001}, {port: 5003}]}]
 ---
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -55,20 +55,68 @@ metadata: {name: clients, namespace: bench}
 spec:
   podSelector: {matchLabels: {role: client}}
   policyTypes: [Egress]
-  egress: [{to: [{podSelector: {matchLabels: {role: server}}}], ports: [{port: 5001}]}]
+  egress: [{to: [{podSelector: {matchLabels: {role: server}}}], ports: [{port: 5001}, {port: 5003}]}]
 ";
 
+/// The port of the bench's own one-way sink in each server pod (the lab's
+/// servers echo, which halves and muddles a throughput figure).
+const SINK_PORT: u16 = 5003;
+
+/// A sink in a server pod: reads every connection to the end with a large
+/// buffer and counts the bytes, so throughput is measured at the receiver.
+struct Sink {
+    received: Arc<AtomicU64>,
+}
+
+/// Client -> one server: its echo port (RR, CRR) and its sink (throughput).
+pub(super) struct BenchPath {
+    pub(super) name: &'static str,
+    echo: SocketAddr,
+    sink_addr: SocketAddr,
+    sink: Sink,
+}
+
+impl BenchPath {
+    pub(super) fn measure(&self, client: &Netns, secs: f64) -> Result<Rates> {
+        measure(client, self.echo, (self.sink_addr, &self.sink), secs)
+    }
+}
+
+impl Sink {
+    fn start(pod: &Netns, addr: SocketAddr) -> Result<Sink> {
+        let listener = pod.enter(|| std::net::TcpListener::bind(addr))?.context("sink bind")?;
+        let received = Arc::new(AtomicU64::new(0));
+        let count = received.clone();
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                let count = count.clone();
+                std::thread::spawn(move || {
+                    // The greeting `connect_tcp` waits for, as the lab's servers send.
+                    if conn.write_all(b"sink\n").is_err() {
+                        return;
+                    }
+                    let mut buf = vec![0u8; 1 << 20];
+                    while let Ok(n @ 1..) = conn.read(&mut buf) {
+                        count.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        Ok(Sink { received })
+    }
+}
+
 #[derive(Clone, Copy)]
-struct Rates {
-    gbits: f64,
-    rr: f64,
-    crr: f64,
+pub(super) struct Rates {
+    pub(super) gbits: f64,
+    pub(super) rr: f64,
+    pub(super) crr: f64,
     /// Machine CPU time (all cores, user + system + interrupts) per request
     /// and per new connection, in microseconds. Client, server and kernel
     /// all run here, so this is the whole cost of an operation; it is less
     /// sensitive to scheduling noise than a rate.
-    cpu_rr: f64,
-    cpu_crr: f64,
+    pub(super) cpu_rr: f64,
+    pub(super) cpu_crr: f64,
 }
 
 /// Busy CPU time of the whole machine so far, in microseconds, from
@@ -81,7 +129,7 @@ fn busy_us() -> f64 {
     (get(0) + get(1) + get(2) + get(5) + get(6)) * 10_000.0
 }
 
-fn measure(src: &Netns, dst: SocketAddr, secs: f64) -> Result<Rates> {
+fn measure(src: &Netns, dst: SocketAddr, sink: (SocketAddr, &Sink), secs: f64) -> Result<Rates> {
     let window = Duration::from_secs_f64(secs);
     // Request/response on one connection.
     let (mut conn, _) = connect_tcp(src, dst, Duration::from_secs(2)).context("RR connect")?;
@@ -106,35 +154,17 @@ fn measure(src: &Netns, dst: SocketAddr, secs: f64) -> Result<Rates> {
     }
     let crr = n as f64 / start.elapsed().as_secs_f64();
     let cpu_crr = (busy_us() - cpu) / n as f64;
-    // Throughput: write for the window while a reader drains the echo.
-    let (conn, _) = connect_tcp(src, dst, Duration::from_secs(2)).context("stream connect")?;
-    let mut reader = conn.try_clone()?;
-    reader.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let received = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicBool::new(false));
-    let (r, d) = (received.clone(), done.clone());
-    let drain = std::thread::spawn(move || {
-        let mut buf = vec![0u8; 256 * 1024];
-        while !d.load(Ordering::Relaxed) {
-            match reader.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(k) => {
-                    r.fetch_add(k as u64, Ordering::Relaxed);
-                }
-            }
-        }
-    });
-    let chunk = vec![b'a'; 64 * 1024];
-    let mut writer = conn;
+    // Throughput: one way into the sink, counted where it arrives.
+    let (mut conn, _) = connect_tcp(src, sink.0, Duration::from_secs(2)).context("stream connect")?;
+    let chunk = vec![b'a'; 256 * 1024];
+    let before = sink.1.received.load(Ordering::Relaxed);
     let start = Instant::now();
     while start.elapsed() < window {
-        writer.write_all(&chunk)?;
+        conn.write_all(&chunk)?;
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let bytes = received.load(Ordering::Relaxed);
-    done.store(true, Ordering::Relaxed);
-    let _ = writer.shutdown(std::net::Shutdown::Both);
-    let _ = drain.join();
+    let bytes = sink.1.received.load(Ordering::Relaxed) - before;
+    drop(conn);
     Ok(Rates { gbits: bytes as f64 * 8.0 / elapsed / 1e9, rr, crr, cpu_rr, cpu_crr })
 }
 
@@ -153,7 +183,31 @@ fn phantoms(n: usize) -> Vec<Endpoint> {
         .collect()
 }
 
+/// Attaches (`on`) or removes the sender check on every lab pod's veth:
+/// part of Palisade's cost, absent from the floors.
+pub(super) fn set_sender_checks(lab: &Lab, on: bool) -> Result<()> {
+    let plan = &lab.topology.plan;
+    for n in 0..plan.nodes.len() {
+        let script: String = plan
+            .pods
+            .iter()
+            .filter(|p| p.node == n)
+            .map(|p| if on { sender::attach_script(&p.host_if, &p.ips) } else { sender::detach_script(&p.host_if) })
+            .collect();
+        lab.topology.node_netns(n).exec("tc", &["-force", "-batch", "-"], Some(&script)).or_else(|e| {
+            // `-force` goes on past a missing filter but still exits 1.
+            if on {
+                Err(e)
+            } else {
+                Ok(String::new())
+            }
+        })?;
+    }
+    Ok(())
+}
+
 fn set_floor(lab: &Lab, floor: &str) -> Result<()> {
+    set_sender_checks(lab, false)?;
     for n in 0..lab.topology.plan.nodes.len() {
         let ns = lab.topology.node_netns(n);
         let _ = ns.exec("nft", &["delete", "table", "inet", "palisade"], None);
@@ -187,10 +241,13 @@ pub fn run(args: &BenchDataplaneArgs, out: &mut dyn Write) -> Result<()> {
     // set the pace of every configuration after the first.
     client.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
     client.sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
-    let paths = [
-        ("same node", SocketAddr::new(pod("near").ips[0], 5001)),
-        ("cross node", SocketAddr::new(pod("far").ips[0], 5001)),
-    ];
+    let mut paths = Vec::new();
+    for (name, server) in [("same node", "near"), ("cross node", "far")] {
+        let ip = pod(server).ips[0];
+        let sink_addr = SocketAddr::new(ip, SINK_PORT);
+        let sink = Sink::start(&Netns::named(&pod(server).netns), sink_addr)?;
+        paths.push(BenchPath { name, echo: SocketAddr::new(ip, 5001), sink_addr, sink });
+    }
 
     let mut configs: Vec<(String, Option<usize>)> =
         vec![("no filtering".into(), None), ("conntrack only".into(), None)];
@@ -218,18 +275,24 @@ pub fn run(args: &BenchDataplaneArgs, out: &mut dyn Write) -> Result<()> {
         "ct/RRcpu",
         "ct/CRRcpu"
     )?;
+    if args.paired {
+        super::bench_paired::paired(&mut lab, &cluster, &paths, args, out)?;
+        drop(lab);
+        return apply_times(args, out);
+    }
     if args.interleave {
         interleaved(&mut lab, &cluster, &configs, &paths, args, out)?;
         drop(lab);
         return apply_times(args, out);
     }
-    for (path, dst) in paths {
+    for bench_path in &paths {
+        let path = bench_path.name;
         let mut floor: Option<Rates> = None;
         for (name, entries) in &configs {
             set_config(&mut lab, &cluster, name, *entries)?;
             let mut samples = Vec::new();
             for _ in 0..args.rounds {
-                samples.push(measure(&client, dst, args.seconds)?);
+                samples.push(bench_path.measure(&client, args.seconds)?);
             }
             let med = |f: fn(&Rates) -> f64| {
                 let mut v: Vec<f64> = samples.iter().map(f).collect();
@@ -272,7 +335,7 @@ pub fn run(args: &BenchDataplaneArgs, out: &mut dyn Write) -> Result<()> {
 
 /// Puts configuration `entries` in force: no table or the conntrack-only
 /// floor (`None`, by `name`), or Palisade with `n` peer entries.
-fn set_config(lab: &mut Lab, cluster: &Cluster, name: &str, entries: Option<usize>) -> Result<()> {
+pub(super) fn set_config(lab: &mut Lab, cluster: &Cluster, name: &str, entries: Option<usize>) -> Result<()> {
     match entries {
         None => set_floor(lab, if name == "no filtering" { "none" } else { "conntrack" })?,
         Some(n) => {
@@ -284,6 +347,7 @@ fn set_config(lab: &mut Lab, cluster: &Cluster, name: &str, entries: Option<usiz
             lab.engine.compile();
             lab.forget_rules()?;
             lab.apply()?;
+            set_sender_checks(lab, true)?;
         }
     }
     // Let the kernel free a replaced table's objects first (RCU, set
@@ -292,14 +356,16 @@ fn set_config(lab: &mut Lab, cluster: &Cluster, name: &str, entries: Option<usiz
     Ok(())
 }
 
-/// Every round measures every configuration once, one after the other;
-/// each configuration's ratio to the conntrack floor is taken within the
-/// round, and the median ratio over rounds is reported with its range.
+/// Every round measures every configuration once, one after the other, in
+/// an order rotated by one each round (so no configuration always follows
+/// the same one, or always comes first); each configuration's ratio to the
+/// conntrack floor is taken within the round, and the median ratio over
+/// rounds is reported with its interquartile range.
 fn interleaved(
     lab: &mut Lab,
     cluster: &Cluster,
     configs: &[(String, Option<usize>)],
-    paths: &[(&str, SocketAddr)],
+    paths: &[BenchPath],
     args: &BenchDataplaneArgs,
     out: &mut dyn Write,
 ) -> Result<()> {
@@ -308,10 +374,12 @@ fn interleaved(
     // samples[path][config][round]
     let mut samples: Vec<Vec<Vec<Rates>>> = vec![vec![Vec::new(); configs.len()]; paths.len()];
     for round in 0..args.rounds {
-        for (c, (name, entries)) in configs.iter().enumerate() {
+        for k in 0..configs.len() {
+            let c = (round + k) % configs.len();
+            let (name, entries) = &configs[c];
             set_config(lab, cluster, name, *entries)?;
-            for (p, (_, dst)) in paths.iter().enumerate() {
-                samples[p][c].push(measure(&client, *dst, args.seconds)?);
+            for (p, path) in paths.iter().enumerate() {
+                samples[p][c].push(path.measure(&client, args.seconds)?);
             }
         }
         eprintln!("round {}/{} measured", round + 1, args.rounds);
@@ -320,31 +388,42 @@ fn interleaved(
     writeln!(
         out,
         "dataplane bench, interleaved: {} rounds, each measuring every configuration in turn ({:.1} s each);
-ratios are the median over rounds of (configuration / conntrack floor of the same round), [min-max]",
+ratios are the median over rounds of (configuration / conntrack floor of the same round) [interquartile range];
+cpu columns: the floor's CPU time per operation / this configuration's (below 1: more CPU than the floor)",
         args.rounds, args.seconds
     )?;
-    writeln!(out, "{:<12} {:<26} {:>22} {:>22} {:>22}", "path", "configuration", "RR/ct", "CRR/ct", "Gbit/ct")?;
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        (v[v.len() / 2], v[0], v[v.len() - 1])
-    };
-    for (p, (path, _)) in paths.iter().enumerate() {
+    writeln!(
+        out,
+        "{:<12} {:<26} {:>20} {:>20} {:>20} {:>20} {:>20}",
+        "path", "configuration", "RR/ct", "CRR/ct", "Gbit/ct", "ct/RRcpu", "ct/CRRcpu"
+    )?;
+    for (p, path) in paths.iter().enumerate() {
         for (c, (name, _)) in configs.iter().enumerate() {
-            let ratios = |f: fn(&Rates) -> f64| {
-                let (m, lo, hi) =
-                    median(samples[p][c].iter().zip(&samples[p][floor]).map(|(x, fl)| f(x) / f(fl)).collect());
-                format!("{m:.3} [{lo:.2}-{hi:.2}]")
+            let pairs = || samples[p][c].iter().zip(&samples[p][floor]);
+            let summary = |v: Vec<f64>| {
+                let (m, q1, q3) = median_iqr(v);
+                format!("{m:.3} [{q1:.2}-{q3:.2}]")
             };
             writeln!(
                 out,
-                "{path:<12} {name:<26} {:>22} {:>22} {:>22}",
-                ratios(|r| r.rr),
-                ratios(|r| r.crr),
-                ratios(|r| r.gbits)
+                "{:<12} {name:<26} {:>20} {:>20} {:>20} {:>20} {:>20}",
+                path.name,
+                summary(pairs().map(|(x, f)| x.rr / f.rr).collect()),
+                summary(pairs().map(|(x, f)| x.crr / f.crr).collect()),
+                summary(pairs().map(|(x, f)| x.gbits / f.gbits).collect()),
+                summary(pairs().map(|(x, f)| f.cpu_rr / x.cpu_rr).collect()),
+                summary(pairs().map(|(x, f)| f.cpu_crr / x.cpu_crr).collect()),
             )?;
         }
     }
     Ok(())
+}
+
+/// Median and quartiles (nearest rank) of a non-empty sample.
+pub(super) fn median_iqr(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.25), at(0.75))
 }
 
 /// Full apply and single-pod change on a generated cluster, in a scratch

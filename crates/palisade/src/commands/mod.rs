@@ -3,6 +3,7 @@ pub mod analyze;
 pub mod bench;
 pub mod bench_agent;
 pub mod bench_dataplane;
+pub mod bench_paired;
 pub mod diff;
 pub mod explain;
 pub mod lab;

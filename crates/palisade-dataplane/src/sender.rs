@@ -1,0 +1,253 @@
+//! The sender check on a pod's veth: a packet the pod sends must carry one
+//! of the pod's own addresses. It runs on every packet, so it lives where
+//! it costs least: a classic BPF program in direct-action mode on the node
+//! side's tc ingress hook (cls_bpf; the kernel translates and JITs it),
+//! attached when the pod is wired, gone with the veth. The forward chain
+//! keeps the same check (`from_pod`) for packets that open a connection.
+//!
+//! The program, for IPv4 addresses A and IPv6 addresses B:
+//! - ARP and other non-IP frames pass (the pod resolves its gateway);
+//! - IPv4: source in A, or dropped;
+//! - IPv6: source in B, link-local (`fe80::/10`, neighbour discovery) or
+//!   unspecified (`::`, duplicate address detection), or dropped.
+//!
+//! A frame too short for a load ends the program with 0, which is "pass":
+//! such a frame has no complete IP header, and the IP layer drops it.
+//!
+//! At tc ingress, cls_bpf runs the program with the frame's Ethernet header
+//! in place: the EtherType is at byte 12, the IPv4 source at 26, the IPv6
+//! source at 22..38. A VLAN tag has already been removed by then.
+
+use std::net::IpAddr;
+
+/// One classic BPF instruction (`struct sock_filter`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Insn {
+    pub code: u16,
+    pub jt: u8,
+    pub jf: u8,
+    pub k: u32,
+}
+
+const LD_H_ABS: u16 = 0x28;
+const LD_W_ABS: u16 = 0x20;
+const JEQ_K: u16 = 0x15;
+const AND_K: u16 = 0x54;
+const RET_K: u16 = 0x06;
+/// tc verdicts in direct-action mode.
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+
+/// A forward jump target, resolved once the program is laid out.
+#[derive(Clone, Copy)]
+enum To {
+    Next,
+    Pass,
+    V6,
+    Insn(usize),
+}
+
+struct Builder {
+    code: Vec<(u16, To, To, u32)>,
+}
+
+impl Builder {
+    fn op(&mut self, code: u16, k: u32) {
+        self.code.push((code, To::Next, To::Next, k));
+    }
+    fn jeq(&mut self, k: u32, jt: To, jf: To) {
+        self.code.push((JEQ_K, jt, jf, k));
+    }
+}
+
+/// The program for a pod with addresses `ips`.
+pub fn program(ips: &[IpAddr]) -> Vec<Insn> {
+    let mut b = Builder { code: Vec::new() };
+    b.op(LD_H_ABS, 12);
+    b.jeq(0x0800, To::Next, To::V6);
+    // IPv4: each address in turn, then drop.
+    b.op(LD_W_ABS, 26);
+    for ip in ips {
+        if let IpAddr::V4(v4) = ip {
+            b.jeq(u32::from(*v4), To::Pass, To::Next);
+        }
+    }
+    b.op(RET_K, TC_ACT_SHOT);
+    let v6_start = b.code.len();
+    b.jeq(0x86dd, To::Next, To::Pass);
+    b.op(LD_W_ABS, 22);
+    b.op(AND_K, 0xffc0_0000);
+    b.jeq(0xfe80_0000, To::Pass, To::Next);
+    let mut words: Vec<[u32; 4]> = vec![[0; 4]];
+    words.extend(ips.iter().filter_map(|ip| match ip {
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            Some(std::array::from_fn(|i| u32::from_be_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])))
+        }
+        IpAddr::V4(_) => None,
+    }));
+    for w in words {
+        // All four words equal, or on to the next address (a load and a
+        // compare per word; the last compare passes).
+        let start = b.code.len();
+        let next = start + 8;
+        for (i, word) in w.iter().enumerate() {
+            b.op(LD_W_ABS, 22 + 4 * i as u32);
+            b.jeq(*word, if i == 3 { To::Pass } else { To::Next }, To::Insn(next));
+        }
+    }
+    b.op(RET_K, TC_ACT_SHOT);
+    let pass = b.code.len();
+    b.op(RET_K, TC_ACT_OK);
+    let resolve = |at: usize, to: To| -> u8 {
+        let target = match to {
+            To::Next => at + 1,
+            To::Pass => pass,
+            To::V6 => v6_start,
+            To::Insn(i) => i,
+        };
+        u8::try_from(target - at - 1).expect("a pod has few addresses: jumps fit in 8 bits")
+    };
+    b.code
+        .iter()
+        .enumerate()
+        .map(|(at, &(code, jt, jf, k))| {
+            let (jt, jf) = if code == JEQ_K { (resolve(at, jt), resolve(at, jf)) } else { (0, 0) };
+            Insn { code, jt, jf, k }
+        })
+        .collect()
+}
+
+/// The program as tc's `bytecode` argument: `N,code jt jf k,...`.
+pub fn tc_bytecode(insns: &[Insn]) -> String {
+    let mut s = insns.len().to_string();
+    for i in insns {
+        s.push_str(&format!(",{} {} {} {}", i.code, i.jt, i.jf, i.k));
+    }
+    s
+}
+
+/// The tc ingress filter's identity on a pod veth: preference 1, handle 1.
+/// Fixed, so that `replace` is idempotent and `del` needs no lookup.
+const FILTER: &str = "ingress pref 1 handle 1 protocol all";
+
+/// A `tc -batch` script attaching the sender check to `dev` (a pod's node
+/// side) for addresses `ips`; idempotent.
+pub fn attach_script(dev: &str, ips: &[IpAddr]) -> String {
+    format!(
+        "qdisc replace dev {dev} clsact\nfilter replace dev {dev} {FILTER} bpf da bytecode \"{}\"\n",
+        tc_bytecode(&program(ips))
+    )
+}
+
+/// A `tc -batch` line removing the sender check from `dev` (run with
+/// `-force`: a missing filter is not an error).
+pub fn detach_script(dev: &str) -> String {
+    format!("filter del dev {dev} ingress pref 1\n")
+}
+
+/// Whether `tc filter show dev X ingress` output has our check.
+pub fn is_attached(tc_show: &str) -> bool {
+    tc_show.lines().any(|l| l.contains("pref 1 bpf") && l.contains("handle 0x1 direct-action"))
+}
+
+/// Runs the program on a frame, as the kernel does (for tests): the verdict.
+pub fn run(insns: &[Insn], frame: &[u8]) -> u32 {
+    let (mut a, mut pc) = (0u32, 0usize);
+    let load = |off: u32, n: usize| -> Option<u32> {
+        let off = off as usize;
+        let bytes = frame.get(off..off + n)?;
+        Some(bytes.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b)))
+    };
+    loop {
+        let i = insns[pc];
+        match i.code {
+            LD_H_ABS => match load(i.k, 2) {
+                Some(v) => a = v,
+                None => return 0,
+            },
+            LD_W_ABS => match load(i.k, 4) {
+                Some(v) => a = v,
+                None => return 0,
+            },
+            AND_K => a &= i.k,
+            JEQ_K => {
+                pc += usize::from(if a == i.k { i.jt } else { i.jf });
+            }
+            RET_K => return i.k,
+            other => panic!("unknown opcode {other:#x}"),
+        }
+        pc += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(ethertype: u16, src: IpAddr) -> Vec<u8> {
+        let mut f = vec![0u8; 14];
+        f[12..14].copy_from_slice(&ethertype.to_be_bytes());
+        match src {
+            IpAddr::V4(v4) => {
+                let mut ip = vec![0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0];
+                ip.extend(v4.octets());
+                ip.extend([10, 0, 0, 1]);
+                f.extend(ip);
+            }
+            IpAddr::V6(v6) => {
+                let mut ip = vec![0x60, 0, 0, 0, 0, 0, 17, 64];
+                ip.extend(v6.octets());
+                ip.extend([0u8; 16]);
+                f.extend(ip);
+            }
+        }
+        f
+    }
+
+    fn verdict(ips: &[&str], ethertype: u16, src: &str) -> u32 {
+        let ips: Vec<IpAddr> = ips.iter().map(|s| s.parse().unwrap()).collect();
+        run(&program(&ips), &frame(ethertype, src.parse().unwrap()))
+    }
+
+    #[test]
+    fn own_addresses_pass_and_others_drop() {
+        let pod = ["10.250.0.10", "10.250.0.11", "fd00::a", "fd00::b"];
+        for own in pod {
+            let ethertype = if own.contains(':') { 0x86dd } else { 0x0800 };
+            assert_eq!(verdict(&pod, ethertype, own), TC_ACT_OK, "{own}");
+        }
+        for other in ["10.250.0.12", "0.0.0.0", "10.250.1.10"] {
+            assert_eq!(verdict(&pod, 0x0800, other), TC_ACT_SHOT, "{other}");
+        }
+        for other in ["fd00::c", "fd00:0:0:1::a", "fd01::a", "::1"] {
+            assert_eq!(verdict(&pod, 0x86dd, other), TC_ACT_SHOT, "{other}");
+        }
+    }
+
+    #[test]
+    fn neighbour_discovery_and_arp_pass() {
+        let pod = ["10.250.0.10", "fd00::a"];
+        assert_eq!(verdict(&pod, 0x86dd, "fe80::1"), TC_ACT_OK, "link-local");
+        assert_eq!(verdict(&pod, 0x86dd, "febf::1"), TC_ACT_OK, "link-local, end of fe80::/10");
+        assert_eq!(verdict(&pod, 0x86dd, "fec0::1"), TC_ACT_SHOT, "site-local is not link-local");
+        assert_eq!(verdict(&pod, 0x86dd, "::"), TC_ACT_OK, "duplicate address detection");
+        let mut arp = frame(0x0800, "10.250.0.99".parse().unwrap());
+        arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        assert_eq!(run(&program(&["10.250.0.10".parse().unwrap()]), &arp), TC_ACT_OK);
+    }
+
+    #[test]
+    fn a_single_stack_pod_sends_nothing_of_the_other_family() {
+        assert_eq!(verdict(&["10.250.0.10"], 0x86dd, "fd00::a"), TC_ACT_SHOT);
+        assert_eq!(verdict(&["fd00::a"], 0x0800, "10.250.0.10"), TC_ACT_SHOT);
+    }
+
+    #[test]
+    fn bytecode_is_tc_syntax() {
+        let prog = program(&["10.0.0.1".parse().unwrap()]);
+        let s = tc_bytecode(&prog);
+        assert!(s.starts_with(&format!("{},40 0 0 12,21 0 ", prog.len())), "{s}");
+        assert!(s.contains(",21 0 0 167772161,") || s.contains(&format!(" {}", 0x0a00_0001u32)), "{s}");
+    }
+}
