@@ -74,6 +74,9 @@ pub struct NodeAgent {
     judge_flows: bool,
     /// (veth, address) of local pods found in the kernel at start.
     adopt: Vec<(String, IpAddr)>,
+    /// The local pods taken back at start have their veth's sender check
+    /// (a pod wired by an older plugin may lack it).
+    checks_ensured: bool,
     /// Addresses of local pods that are gone: their tracked flows are
     /// removed after the next apply (see `conntrack::forget_addresses`).
     forget: Vec<IpAddr>,
@@ -127,6 +130,7 @@ impl NodeAgent {
             source_ips: HashMap::new(),
             judge_flows: false,
             adopt,
+            checks_ensured: false,
             forget,
             warnings,
         })
@@ -165,6 +169,27 @@ impl NodeAgent {
             if let Err(e) = self.save() {
                 self.warnings.push(e.to_string());
             }
+        }
+    }
+
+    /// Attaches the sender check (`palisade_dataplane::sender`) to every
+    /// local pod's veth, idempotently: pods taken back from the state file
+    /// or the kernel may have been wired before the check existed. On
+    /// failure, a warning, and another try at the next apply.
+    fn ensure_sender_checks(&mut self) {
+        let script: String =
+            self.local.values().map(|p| palisade_dataplane::sender::attach_script(&p.host_if, &p.ips)).collect();
+        if script.is_empty() {
+            self.checks_ensured = true;
+            return;
+        }
+        let result = match self.opts.netns.as_deref().map(Netns::named) {
+            Some(ns) => ns.exec("tc", &["-batch", "-"], Some(&script)),
+            None => palisade_dataplane::netns::run("tc", &["-batch", "-"], Some(&script)),
+        };
+        match result {
+            Ok(_) => self.checks_ensured = true,
+            Err(e) => self.warnings.push(format!("sender checks on the local pods' veths: {e}")),
         }
     }
 
@@ -391,6 +416,9 @@ impl NodeAgent {
     /// the next call replaces the whole table. Returns whether anything
     /// changed.
     pub fn apply(&mut self) -> Result<bool, NodeError> {
+        if !self.checks_ensured {
+            self.ensure_sender_checks();
+        }
         let local = &self.local;
         let engine = &self.engine;
         let node_name = self.opts.node_name.as_deref();

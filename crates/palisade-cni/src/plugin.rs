@@ -418,6 +418,12 @@ fn check(conf: &NetConf, container_id: &str, netns: &str, ifname: &str) -> Resul
     if !Path::new(&format!("/sys/class/net/{host_if}")).exists() {
         return Err(internal("CHECK", format!("the node side {host_if} is missing")));
     }
+    // The exact program for the held addresses, on the node side.
+    let filters = palisade_dataplane::netns::run("tc", &["filter", "show", "dev", &host_if, "ingress"], None)
+        .map_err(|e| internal("CHECK", e))?;
+    if !palisade_dataplane::sender::is_attached(&filters, &held) {
+        return Err(internal("CHECK", format!("the sender check on {host_if} is missing or not for {held:?}")));
+    }
     let addrs = Netns::named(netns)
         .exec("ip", &["-o", "addr", "show", "dev", ifname], None)
         .map_err(|e| internal("CHECK", e))?;

@@ -60,14 +60,18 @@ impl Builder {
     }
 }
 
-/// The program for a pod with addresses `ips`.
+/// The program for a pod with addresses `ips` (in any order: the program
+/// is the same).
 pub fn program(ips: &[IpAddr]) -> Vec<Insn> {
+    let mut ips = ips.to_vec();
+    ips.sort();
+    ips.dedup();
     let mut b = Builder { code: Vec::new() };
     b.op(LD_H_ABS, 12);
     b.jeq(0x0800, To::Next, To::V6);
     // IPv4: each address in turn, then drop.
     b.op(LD_W_ABS, 26);
-    for ip in ips {
+    for ip in &ips {
         if let IpAddr::V4(v4) = ip {
             b.jeq(u32::from(*v4), To::Pass, To::Next);
         }
@@ -146,9 +150,11 @@ pub fn detach_script(dev: &str) -> String {
     format!("filter del dev {dev} ingress pref 1\n")
 }
 
-/// Whether `tc filter show dev X ingress` output has our check.
-pub fn is_attached(tc_show: &str) -> bool {
-    tc_show.lines().any(|l| l.contains("pref 1 bpf") && l.contains("handle 0x1 direct-action"))
+/// Whether `tc filter show dev X ingress` output has our check, for
+/// exactly the addresses `ips`.
+pub fn is_attached(tc_show: &str, ips: &[IpAddr]) -> bool {
+    let code = format!("bytecode '{}'", tc_bytecode(&program(ips)));
+    tc_show.lines().any(|l| l.contains("pref 1 bpf") && l.contains("handle 0x1 direct-action") && l.contains(&code))
 }
 
 /// Runs the program on a frame, as the kernel does (for tests): the verdict.

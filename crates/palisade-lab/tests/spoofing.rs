@@ -152,7 +152,10 @@ fn forging_scenario(manifests: &str, tag: &str) {
     // by the forward chain.
     let node = lab.topology.node_netns(plan.pods[a].node);
     let shown = node.exec("tc", &["filter", "show", "dev", &plan.pods[a].host_if, "ingress"], None).unwrap();
-    assert!(palisade_dataplane::sender::is_attached(&shown), "a's veth carries the sender check:\n{shown}");
+    assert!(
+        palisade_dataplane::sender::is_attached(&shown, &plan.pods[a].ips),
+        "a's veth carries the sender check:\n{shown}"
+    );
     node.exec("tc", &["filter", "del", "dev", &plan.pods[a].host_if, "ingress", "pref", "1"], None).unwrap();
     forger.send_to(b"forged", target).unwrap();
     nothing_arrives("a forged new flow, without the veth check");
