@@ -40,6 +40,8 @@ pub enum NodeError {
     Conntrack(#[from] palisade_dataplane::netns::NetnsError),
     #[error("{path}: {source}")]
     State { path: PathBuf, source: std::io::Error },
+    #[error("the sender check on {host_if}: {source}")]
+    SenderCheck { host_if: String, source: palisade_dataplane::netns::NetnsError },
 }
 
 /// How the agent treats the node.
@@ -165,6 +167,7 @@ impl NodeAgent {
             }
         }
         if !found.is_empty() {
+            self.checks_ensured = false;
             self.local.extend(found);
             if let Err(e) = self.save() {
                 self.warnings.push(e.to_string());
@@ -174,22 +177,35 @@ impl NodeAgent {
 
     /// Attaches the sender check (`palisade_dataplane::sender`) to every
     /// local pod's veth, idempotently: pods taken back from the state file
-    /// or the kernel may have been wired before the check existed. On
-    /// failure, a warning, and another try at the next apply.
-    fn ensure_sender_checks(&mut self) {
+    /// or the kernel may have been wired before the check existed. A pod
+    /// whose veth is gone is skipped; any other failure is an error, and
+    /// the kernel keeps its previous table.
+    fn ensure_sender_checks(&mut self) -> Result<(), NodeError> {
         let script: String =
             self.local.values().map(|p| palisade_dataplane::sender::attach_script(&p.host_if, &p.ips)).collect();
-        if script.is_empty() {
+        if script.is_empty() || self.tc(&script).is_ok() {
             self.checks_ensured = true;
-            return;
+            return Ok(());
         }
-        let result = match self.opts.netns.as_deref().map(Netns::named) {
-            Some(ns) => ns.exec("tc", &["-batch", "-"], Some(&script)),
-            None => palisade_dataplane::netns::run("tc", &["-batch", "-"], Some(&script)),
-        };
-        match result {
-            Ok(_) => self.checks_ensured = true,
-            Err(e) => self.warnings.push(format!("sender checks on the local pods' veths: {e}")),
+        // One by one, to tell a vanished veth from a real failure.
+        let netns = self.opts.netns.as_deref().map(Netns::named);
+        for pod in self.local.values() {
+            if let Err(source) = self.tc(&palisade_dataplane::sender::attach_script(&pod.host_if, &pod.ips)) {
+                let present = links(netns.as_ref()).is_none_or(|l| l.contains(&pod.host_if));
+                if present {
+                    return Err(NodeError::SenderCheck { host_if: pod.host_if.clone(), source });
+                }
+            }
+        }
+        self.checks_ensured = true;
+        Ok(())
+    }
+
+    /// Runs a `tc -batch` script in the node's namespace.
+    fn tc(&self, script: &str) -> Result<String, palisade_dataplane::netns::NetnsError> {
+        match self.opts.netns.as_deref().map(Netns::named) {
+            Some(ns) => ns.exec("tc", &["-batch", "-"], Some(script)),
+            None => palisade_dataplane::netns::run("tc", &["-batch", "-"], Some(script)),
         }
     }
 
@@ -357,8 +373,18 @@ impl NodeAgent {
             .filter(|(k, p)| **k != key && (p.host_if == pod.host_if || p.ips.iter().any(|ip| pod.ips.contains(ip))))
             .map(|(k, _)| k.clone())
             .collect();
+        // Confirmed means checked: the plugin attached the sender check
+        // before the pod's end came up; it is asserted again here, so a
+        // pod wired by another plugin version is refused rather than
+        // trusted (established packets pass the forward chain unchecked).
+        self.tc(&palisade_dataplane::sender::attach_script(&pod.host_if, &pod.ips))
+            .map_err(|source| NodeError::SenderCheck { host_if: pod.host_if.clone(), source })?;
         for k in &stale {
-            self.local.remove(k);
+            if let Some(old) = self.local.remove(k) {
+                // The DEL was missed: its flows go before the new pod is
+                // confirmed (`apply` forgets first).
+                self.forget.extend(old.ips);
+            }
         }
         self.local.insert(key.clone(), pod);
         self.save()?;
@@ -417,7 +443,15 @@ impl NodeAgent {
     /// changed.
     pub fn apply(&mut self) -> Result<bool, NodeError> {
         if !self.checks_ensured {
-            self.ensure_sender_checks();
+            self.ensure_sender_checks()?;
+        }
+        // Flows of pods that are gone go first: a pod confirmed by this
+        // apply may have been given one of their addresses.
+        if !self.forget.is_empty() {
+            let netns = self.opts.netns.as_deref().map(Netns::named);
+            let failed = palisade_dataplane::conntrack::forget_addresses(netns.as_ref(), &self.forget);
+            self.warnings.extend(failed);
+            self.forget.clear();
         }
         let local = &self.local;
         let engine = &self.engine;
@@ -447,11 +481,6 @@ impl NodeAgent {
             palisade_dataplane::conntrack::flush_denied(netns.as_ref(), denies)?;
         }
         self.judge_flows = false;
-        if !self.forget.is_empty() {
-            let netns = self.opts.netns.as_deref().map(Netns::named);
-            palisade_dataplane::conntrack::forget_addresses(netns.as_ref(), &self.forget);
-            self.forget.clear();
-        }
         Ok(changed)
     }
 }

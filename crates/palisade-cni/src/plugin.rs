@@ -282,9 +282,14 @@ fn add(
         addresses: ips.clone(),
     };
     let wired = || -> Result<(), CniError> {
-        // ADD again for the same attachment: the pair is there already.
+        // ADD again for the same attachment: the pair is there already; its
+        // sender check is put (back) in place, in case an earlier ADD
+        // stopped between the two.
         if Path::new(&format!("/sys/class/net/{host_if}")).exists() {
-            return Ok(());
+            let script = palisade_dataplane::sender::attach_script(&host_if, &ips);
+            return palisade_dataplane::netns::run("tc", &["-batch", "-"], Some(&script))
+                .map(|_| ())
+                .map_err(|e| internal("wiring the pod", e));
         }
         link.attach().map_err(|e| internal("wiring the pod", e))
     };
@@ -367,8 +372,10 @@ fn del(conf: &NetConf, container_id: &str, netns: Option<&str>, ifname: &str) ->
     let host_if = host_ifname(container_id, ifname);
     let _ = netns;
     remove_link(&host_if)?;
-    store.release(container_id, ifname).map_err(ipam_error)?;
+    // The agent first (it removes the pod's tracked flows), then the
+    // addresses: a pod given one of them must not meet the old flows.
     tell_agent_deleted(conf, container_id, ifname);
+    store.release(container_id, ifname).map_err(ipam_error)?;
     Ok(())
 }
 
@@ -443,6 +450,7 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
     let valid: Vec<(String, String)> = valid.iter().map(|a| (a.container_id.clone(), a.ifname.clone())).collect();
     for gone in store.gc(&valid).map_err(ipam_error)? {
         remove_link(&host_ifname(&gone.container_id, &gone.ifname))?;
+        tell_agent_deleted(conf, &gone.container_id, &gone.ifname);
     }
     Ok(())
 }

@@ -101,23 +101,26 @@ pub fn flush_denied(ns: Option<&Netns>, denied: impl Fn(&CtFlow) -> bool) -> Res
     Ok(removed)
 }
 
-/// Deletes every tracked flow to or from `addrs`: the addresses of a pod
-/// that is gone. A new pod may get the same address, and an old flow's
-/// packets would then reach it as established, past its ingress policy and
-/// before its veth is confirmed. Returns how many deletions found entries.
-pub fn forget_addresses(ns: Option<&Netns>, addrs: &[IpAddr]) -> usize {
-    let mut removed = 0;
+/// Deletes every tracked flow to or from `addrs`, in either direction
+/// (a flow DNAT'd to a pod has the pod only in its reply tuple): the
+/// addresses of a pod that is gone. A new pod may get the same address,
+/// and an old flow's packets would then reach it as established, past its
+/// ingress policy. Returns what failed (nothing matching is not a failure).
+pub fn forget_addresses(ns: Option<&Netns>, addrs: &[IpAddr]) -> Vec<String> {
+    let mut failed = Vec::new();
     for addr in addrs {
         let family = if addr.is_ipv4() { "ipv4" } else { "ipv6" };
         let addr = addr.to_string();
-        for side in ["-s", "-d"] {
-            // conntrack exits 1 when nothing matched: not an error here.
-            if conntrack(ns, &["-D", "-f", family, side, &addr]).is_ok() {
-                removed += 1;
+        for side in ["--orig-src", "--orig-dst", "--reply-src", "--reply-dst"] {
+            match conntrack(ns, &["-D", "-f", family, side, &addr]) {
+                Ok(_) => {}
+                // conntrack exits 1 when nothing matched.
+                Err(NetnsError::Command { stderr, .. }) if stderr.contains("0 flow entries") => {}
+                Err(e) => failed.push(format!("removing the flows of {addr} ({side}): {e}")),
             }
         }
     }
-    removed
+    failed
 }
 
 /// The engine's judgement of a tracked flow: addresses of known endpoints

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use palisade_dataplane::netns::Netns;
@@ -137,6 +137,25 @@ fn forging_scenario(manifests: &str, tag: &str) {
         rider.send_to(b"injected", target).unwrap();
     }
     nothing_arrives("a datagram injected into c's flow");
+    if let (IpAddr::V4(forged), IpAddr::V4(dst)) = (ip(c), ip(b)) {
+        // The same injection inside two VLAN tags (priority, vid 0): tc
+        // sees the frame with the outer tag removed and 0x8100 in place of
+        // the EtherType; the kernel strips the inner one after tc and
+        // routes the packet. The veth's check drops non-IP, non-ARP frames.
+        let node = lab.topology.node_netns(plan.pods[a].node);
+        let mac = |ns: &Netns, dev: &str| ns.exec("cat", &[&format!("/sys/class/net/{dev}/address")], None).unwrap();
+        let frame = double_tagged_udp(
+            &mac(&lab.topology.pod_netns(a), "eth0"),
+            &mac(&node, &plan.pods[a].host_if),
+            (forged, 40002),
+            (dst, 9999),
+            b"tagged",
+        );
+        for _ in 0..3 {
+            send_frame(&lab.topology.pod_netns(a), "eth0", &frame);
+        }
+        nothing_arrives("a double-tagged datagram injected into c's flow");
+    }
     // c's own flow still works.
     c_socket.send_to(b"again", target).unwrap();
     assert_eq!(receiver.recv_from(&mut rbuf).expect("c's flow is untouched").0, 5);
@@ -162,4 +181,41 @@ fn forging_scenario(manifests: &str, tag: &str) {
     rider.send_to(b"injected", target).unwrap();
     let (n, from) = receiver.recv_from(&mut rbuf).expect("without the veth check, the injection rides c's flow");
     assert_eq!((&rbuf[..n], from.ip()), (&b"injected"[..], ip(c)));
+}
+
+/// An Ethernet frame with two VLAN tags (vid 0) around an IPv4/UDP
+/// datagram (UDP checksum 0: none, valid for IPv4).
+fn double_tagged_udp(src_mac: &str, dst_mac: &str, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), data: &[u8]) -> Vec<u8> {
+    let mac = |m: &str| m.trim().split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect::<Vec<u8>>();
+    let mut f = mac(dst_mac);
+    f.extend(mac(src_mac));
+    f.extend([0x81, 0x00, 0x00, 0x00, 0x81, 0x00, 0x00, 0x00, 0x08, 0x00]);
+    let total = (20 + 8 + data.len()) as u16;
+    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0];
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip.extend(src.0.octets());
+    ip.extend(dst.0.octets());
+    let sum: u32 = ip.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let checksum = !(((folded & 0xffff) + (folded >> 16)) as u16);
+    ip[10..12].copy_from_slice(&checksum.to_be_bytes());
+    f.extend(ip);
+    f.extend(src.1.to_be_bytes());
+    f.extend(dst.1.to_be_bytes());
+    f.extend((8 + data.len() as u16).to_be_bytes());
+    f.extend([0, 0]);
+    f.extend(data);
+    f
+}
+
+/// Sends one raw frame on `dev` from inside `ns` (AF_PACKET, through
+/// python3, which scripts/ensure-toolchain.sh installs: the workspace
+/// forbids the unsafe code a raw `sockaddr_ll` needs).
+fn send_frame(ns: &Netns, dev: &str, frame: &[u8]) {
+    let hex: String = frame.iter().map(|b| format!("{b:02x}")).collect();
+    let script = "import socket, sys\n\
+                  s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
+                  s.bind((sys.argv[1], 0))\n\
+                  assert s.send(bytes.fromhex(sys.argv[2])) == len(sys.argv[2]) // 2\n";
+    ns.exec("python3", &["-c", script, dev, &hex], None).expect("a raw frame sent");
 }

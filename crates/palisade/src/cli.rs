@@ -241,7 +241,8 @@ pub struct BenchDataplaneArgs {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 1.0)]
     pub seconds: f64,
-    /// Rounds per measurement (the median is reported).
+    /// Rounds per measurement (the median is reported); with --interleave, rounds of every configuration; with
+    /// --paired, pairs per entry count (rounded up to an even number).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
     /// Pods of the generated cluster for the apply timings.
@@ -249,12 +250,13 @@ pub struct BenchDataplaneArgs {
     pub pods: usize,
     #[arg(long, default_value_t = 5000)]
     pub policies: usize,
-    /// Measure configurations in turn within each round (floor, policy, floor, policy, ...) and report the median
-    /// of the per-round ratios to the conntrack floor: the machine's drift between rounds cancels out.
+    /// Measure configurations in turn within each round (an order rotated each round) and report the median of the
+    /// per-round ratios to the conntrack floor, with the interquartile range. Includes the no-filtering floor.
     #[arg(long)]
     pub interleave: bool,
     /// Per entry count, `--rounds` pairs of adjacent slices (conntrack floor, Palisade), swapping only the forward
-    /// hook's rules between them; reports the median of the per-pair ratios. The most precise comparison here.
+    /// hook's rules and the veths' sender checks between them; reports the geometric mean of the per-pair ratios
+    /// with a 95% confidence interval. The most precise comparison on a noisy machine.
     #[arg(long, conflicts_with = "interleave")]
     pub paired: bool,
 }

@@ -188,20 +188,20 @@ fn phantoms(n: usize) -> Vec<Endpoint> {
 pub(super) fn set_sender_checks(lab: &Lab, on: bool) -> Result<()> {
     let plan = &lab.topology.plan;
     for n in 0..plan.nodes.len() {
-        let script: String = plan
-            .pods
-            .iter()
-            .filter(|p| p.node == n)
-            .map(|p| if on { sender::attach_script(&p.host_if, &p.ips) } else { sender::detach_script(&p.host_if) })
-            .collect();
-        lab.topology.node_netns(n).exec("tc", &["-force", "-batch", "-"], Some(&script)).or_else(|e| {
-            // `-force` goes on past a missing filter but still exits 1.
-            if on {
-                Err(e)
-            } else {
-                Ok(String::new())
-            }
-        })?;
+        let pods: Vec<_> = plan.pods.iter().filter(|p| p.node == n).collect();
+        let ns = lab.topology.node_netns(n);
+        if on {
+            let script: String = pods.iter().map(|p| sender::attach_script(&p.host_if, &p.ips)).collect();
+            ns.exec("tc", &["-batch", "-"], Some(&script))?;
+        } else {
+            let script: String = pods.iter().map(|p| sender::detach_script(&p.host_if)).collect();
+            // `-force` goes on past a missing qdisc but then exits 1: what
+            // counts is that none is left.
+            let _ = ns.exec("tc", &["-force", "-batch", "-"], Some(&script));
+            let show: String = pods.iter().map(|p| format!("qdisc show dev {}\n", p.host_if)).collect();
+            let left = ns.exec("tc", &["-batch", "-"], Some(&show))?;
+            anyhow::ensure!(!left.contains("clsact"), "{}: sender checks left in place:\n{left}", ns.name);
+        }
     }
     Ok(())
 }
@@ -254,6 +254,16 @@ pub fn run(args: &BenchDataplaneArgs, out: &mut dyn Write) -> Result<()> {
     for n in &args.entries {
         configs.push((format!("palisade, {n} entries"), Some(*n)));
     }
+    if args.paired {
+        super::bench_paired::paired(&mut lab, &cluster, &paths, args, out)?;
+        drop(lab);
+        return apply_times(args, out);
+    }
+    if args.interleave {
+        interleaved(&mut lab, &cluster, &configs, &paths, args, out)?;
+        drop(lab);
+        return apply_times(args, out);
+    }
     writeln!(
         out,
         "dataplane bench: {} rounds of {:.1} s per measurement; rates are medians",
@@ -275,16 +285,6 @@ pub fn run(args: &BenchDataplaneArgs, out: &mut dyn Write) -> Result<()> {
         "ct/RRcpu",
         "ct/CRRcpu"
     )?;
-    if args.paired {
-        super::bench_paired::paired(&mut lab, &cluster, &paths, args, out)?;
-        drop(lab);
-        return apply_times(args, out);
-    }
-    if args.interleave {
-        interleaved(&mut lab, &cluster, &configs, &paths, args, out)?;
-        drop(lab);
-        return apply_times(args, out);
-    }
     for bench_path in &paths {
         let path = bench_path.name;
         let mut floor: Option<Rates> = None;

@@ -67,24 +67,29 @@ pub(super) fn paired(
     writeln!(
         out,
         "dataplane bench, paired: per entry count, {} pairs of adjacent {:.2} s slices (floor, Palisade; the order \
-         alternates),\nonly the forward hook's rules swapped between them; ratios are the geometric mean over \
-         pairs of Palisade / floor [95% confidence interval];\ncpu columns: the floor's CPU time per operation / Palisade's \
-         (below 1: more CPU than the floor)",
-        args.rounds, args.seconds
+         alternates),\nonly the forward hook's rules and the veths' sender checks swapped between them; \
+         ratios are the geometric mean over pairs of Palisade / floor [95% confidence interval];\n\
+         cpu columns: the floor's CPU time per operation / Palisade's (below 1: more CPU than the floor)",
+        (args.rounds.max(2) + 1) / 2 * 2,
+        args.seconds
     )?;
     writeln!(
         out,
-        "{:<12} {:>8} {:>20} {:>20} {:>20} {:>20} {:>20}",
-        "path", "entries", "RR/ct", "CRR/ct", "Gbit/ct", "ct/RRcpu", "ct/CRRcpu"
+        "{:<12} {:>8} {:>20} {:>20} {:>20} {:>20} {:>20}  {}",
+        "path", "entries", "RR/ct", "CRR/ct", "Gbit/ct", "ct/RRcpu", "ct/CRRcpu", "floor (median RR/s, CRR/s, Gbit/s)"
     )?;
+    // An even number of pairs: as many begin with the floor as with Palisade.
+    let pairs_n = (args.rounds.max(2) + 1) / 2 * 2;
     for &entries in &args.entries {
         set_config(lab, cluster, "palisade", Some(entries))?;
         let swap = Swap::capture(lab)?;
         // pairs[path] = (palisade, floor) per pair
         let mut pairs: Vec<Vec<(Rates, Rates)>> = vec![Vec::new(); paths.len()];
-        for pair in 0..args.rounds {
+        for pair in 0..pairs_n {
             let slice = |floor: bool| -> Result<Vec<Rates>> {
                 swap.set(lab, floor)?;
+                // Freed rules and qdiscs are reclaimed (RCU) before measuring.
+                std::thread::sleep(std::time::Duration::from_millis(100));
                 paths.iter().map(|p| p.measure(&client, args.seconds)).collect()
             };
             let (policy, floor) = if pair % 2 == 0 {
@@ -99,15 +104,20 @@ pub(super) fn paired(
             }
         }
         swap.set(lab, false)?;
-        eprintln!("{entries} entries: {} pairs measured", args.rounds);
+        eprintln!("{entries} entries: {pairs_n} pairs measured");
         for (path, samples) in paths.iter().zip(&pairs) {
             let summary = |ratio: fn(&Rates, &Rates) -> f64| {
                 let (g, lo, hi) = geomean_ci(&samples.iter().map(|(p, f)| ratio(p, f)).collect::<Vec<_>>());
                 format!("{g:.3} [{lo:.3}-{hi:.3}]")
             };
+            let floor_median = |f: fn(&Rates) -> f64| {
+                let mut v: Vec<f64> = samples.iter().map(|(_, fl)| f(fl)).collect();
+                v.sort_by(|a, b| a.total_cmp(b));
+                v[v.len() / 2]
+            };
             writeln!(
                 out,
-                "{:<12} {:>8} {:>20} {:>20} {:>20} {:>20} {:>20}",
+                "{:<12} {:>8} {:>20} {:>20} {:>20} {:>20} {:>20}  {:.0}, {:.0}, {:.2}",
                 path.name,
                 entries,
                 summary(|p, f| p.rr / f.rr),
@@ -115,6 +125,9 @@ pub(super) fn paired(
                 summary(|p, f| p.gbits / f.gbits),
                 summary(|p, f| f.cpu_rr / p.cpu_rr),
                 summary(|p, f| f.cpu_crr / p.cpu_crr),
+                floor_median(|r| r.rr),
+                floor_median(|r| r.crr),
+                floor_median(|r| r.gbits),
             )?;
             out.flush()?;
         }
@@ -122,16 +135,36 @@ pub(super) fn paired(
     Ok(())
 }
 
-/// Geometric mean of ratios and its 95% confidence interval (normal
-/// approximation on the logarithms: pairs are independent, and their log
-/// ratios are close to symmetric).
+/// Geometric mean of ratios and its 95% confidence interval (Student's t
+/// on the logarithms: pairs are independent, and their log ratios are
+/// close to symmetric).
 fn geomean_ci(ratios: &[f64]) -> (f64, f64, f64) {
     let logs: Vec<f64> = ratios.iter().map(|r| r.ln()).collect();
     let n = logs.len() as f64;
     let mean = logs.iter().sum::<f64>() / n;
-    let var = if n > 1.0 { logs.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
-    let half = 1.96 * (var / n).sqrt();
+    if logs.len() < 2 {
+        return (mean.exp(), mean.exp(), mean.exp());
+    }
+    let var = logs.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    let half = t975(logs.len() - 1) * (var / n).sqrt();
     (mean.exp(), (mean - half).exp(), (mean + half).exp())
+}
+
+/// Student's t, 97.5th percentile, for `df` degrees of freedom.
+fn t975(df: usize) -> f64 {
+    const TABLE: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+    ];
+    match df {
+        0 => f64::INFINITY,
+        1..=30 => TABLE[df - 1],
+        // Cornish-Fisher: within 0.1% of the table's next entries.
+        _ => {
+            let (z, d) = (1.959964_f64, df as f64);
+            z + (z.powi(3) + z) / (4.0 * d) + (5.0 * z.powi(5) + 16.0 * z.powi(3) + 3.0 * z) / (96.0 * d * d)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -142,6 +175,8 @@ mod tests {
     fn geomean_ci_brackets_the_mean_and_narrows_with_samples() {
         let (g, lo, hi) = geomean_ci(&[0.5, 2.0]);
         assert!((g - 1.0).abs() < 1e-12 && lo < 1.0 && hi > 1.0);
+        assert!((super::t975(40) - 2.021).abs() < 0.002, "{}", super::t975(40));
+        assert!((super::t975(120) - 1.980).abs() < 0.002, "{}", super::t975(120));
         let few = geomean_ci(&[0.9, 1.1, 0.95, 1.05]);
         let many = geomean_ci(&[0.9, 1.1, 0.95, 1.05].repeat(25));
         assert!(many.2 - many.1 < (few.2 - few.1) / 4.0, "{few:?} {many:?}");
