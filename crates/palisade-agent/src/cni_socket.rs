@@ -1,8 +1,9 @@
 //! The local socket the CNI plugin (and the lab) talk to: one JSON line in,
 //! one line out.
 //! - `{"op": "add", "containerID", "netns", "ifname", "ips", "podNamespace",
-//!   "podName"}` → `{"ok": true}` once the pod's policy is in the kernel, or
-//!   `{"error": "..."}`;
+//!   "podName", "senderCheck"}` → `{"ok": true}` once the pod's policy is in
+//!   the kernel, or `{"error": "..."}`; `"senderCheck": "attached"` says the
+//!   plugin put the veth's sender check in place (else the agent does);
 //! - `{"op": "del", "containerID", "ifname"}` → `{"ok": true}`;
 //! - `{"op": "status"}` → `{"ok": true, "ready", "applied", ...}`;
 //! - `{"op": "podCIDRs"}` → `{"ok": true, "podCIDRs": [...]}` (the Node's).
@@ -25,6 +26,8 @@ pub struct AddRequest {
     pub container_id: String,
     pub ifname: String,
     pub ips: Vec<IpAddr>,
+    /// The plugin attached the veth's sender check itself.
+    pub sender_check_attached: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +116,7 @@ fn parse(line: &str) -> Result<Request, String> {
                 container_id: text("containerID")?,
                 ifname: text("ifname")?,
                 ips,
+                sender_check_attached: v["senderCheck"] == "attached",
             }))
         }
         Some("del") => Ok(Request::Del { container_id: text("containerID")?, ifname: text("ifname")? }),

@@ -155,7 +155,8 @@ pub fn run_with(
             Request::Add(req) => {
                 let host_if = (config.host_ifname)(&req.container_id, &req.ifname);
                 let pod = req.pod.to_string();
-                let added = node.pod_added(req.pod, LocalPod { host_if, ips: req.ips }).and_then(|_| node.apply());
+                let pod_link = LocalPod { host_if, ips: req.ips };
+                let added = node.pod_added(req.pod, pod_link, req.sender_check_attached).and_then(|_| node.apply());
                 match added {
                     Ok(_) => {
                         report(Event::PodConfirmed(&pod), &node);

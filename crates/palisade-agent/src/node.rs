@@ -363,7 +363,7 @@ impl NodeAgent {
     /// pod holding the same veth or one of the same addresses is stale
     /// (its DEL never reached us: the IPAM hands an address out once) and
     /// is forgotten.
-    pub fn pod_added(&mut self, key: EndpointKey, pod: LocalPod) -> Result<(), NodeError> {
+    pub fn pod_added(&mut self, key: EndpointKey, pod: LocalPod, check_attached: bool) -> Result<(), NodeError> {
         if self.cluster.endpoints.binary_search_by(|e| e.key.cmp(&key)).is_err() {
             return Err(NodeError::UnknownPod(key));
         }
@@ -373,12 +373,14 @@ impl NodeAgent {
             .filter(|(k, p)| **k != key && (p.host_if == pod.host_if || p.ips.iter().any(|ip| pod.ips.contains(ip))))
             .map(|(k, _)| k.clone())
             .collect();
-        // Confirmed means checked: the plugin attached the sender check
-        // before the pod's end came up; it is asserted again here, so a
-        // pod wired by another plugin version is refused rather than
-        // trusted (established packets pass the forward chain unchecked).
-        self.tc(&palisade_dataplane::sender::attach_script(&pod.host_if, &pod.ips))
-            .map_err(|source| NodeError::SenderCheck { host_if: pod.host_if.clone(), source })?;
+        // Confirmed means checked: established packets pass the forward
+        // chain unchecked. Our plugin attaches the sender check before the
+        // pod's end comes up and says so (`check_attached`); for any other
+        // plugin the agent attaches it, or refuses the pod.
+        if !check_attached {
+            self.tc(&palisade_dataplane::sender::attach_script(&pod.host_if, &pod.ips))
+                .map_err(|source| NodeError::SenderCheck { host_if: pod.host_if.clone(), source })?;
+        }
         for k in &stale {
             if let Some(old) = self.local.remove(k) {
                 // The DEL was missed: its flows go before the new pod is

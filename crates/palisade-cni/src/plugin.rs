@@ -356,6 +356,8 @@ fn confirm_policy(
         "ips": ips,
         "podNamespace": args.get("K8S_POD_NAMESPACE"),
         "podName": args.get("K8S_POD_NAME"),
+        // `PodLink::attach` (or the repeated-ADD path) put it in place.
+        "senderCheck": "attached",
     });
     let not_ready = |why: String| {
         CniError::new(

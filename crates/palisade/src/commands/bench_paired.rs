@@ -70,16 +70,15 @@ pub(super) fn paired(
          alternates),\nonly the forward hook's rules and the veths' sender checks swapped between them; \
          ratios are the geometric mean over pairs of Palisade / floor [95% confidence interval];\n\
          cpu columns: the floor's CPU time per operation / Palisade's (below 1: more CPU than the floor)",
-        (args.rounds.max(2) + 1) / 2 * 2,
+        even_pairs(args.rounds),
         args.seconds
     )?;
     writeln!(
         out,
-        "{:<12} {:>8} {:>20} {:>20} {:>20} {:>20} {:>20}  {}",
-        "path", "entries", "RR/ct", "CRR/ct", "Gbit/ct", "ct/RRcpu", "ct/CRRcpu", "floor (median RR/s, CRR/s, Gbit/s)"
+        "{:<12} {:>8} {:>20} {:>20} {:>20} {:>20} {:>20}  floor (median RR/s, CRR/s, Gbit/s)",
+        "path", "entries", "RR/ct", "CRR/ct", "Gbit/ct", "ct/RRcpu", "ct/CRRcpu"
     )?;
-    // An even number of pairs: as many begin with the floor as with Palisade.
-    let pairs_n = (args.rounds.max(2) + 1) / 2 * 2;
+    let pairs_n = even_pairs(args.rounds);
     for &entries in &args.entries {
         set_config(lab, cluster, "palisade", Some(entries))?;
         let swap = Swap::capture(lab)?;
@@ -133,6 +132,12 @@ pub(super) fn paired(
         }
     }
     Ok(())
+}
+
+/// An even number of pairs, at least 2: as many begin with the floor as
+/// with Palisade.
+fn even_pairs(rounds: usize) -> usize {
+    rounds.max(2).div_ceil(2) * 2
 }
 
 /// Geometric mean of ratios and its 95% confidence interval (Student's t
