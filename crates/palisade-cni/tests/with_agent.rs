@@ -156,6 +156,13 @@ fn add_returns_only_with_the_policy_in_place() {
     let table = node.exec("nft", &["list", "table", "inet", "palisade"], None).unwrap();
     assert!(table.contains(&format!("{db_ip} : jump ingress_shop_db_")), "db is isolated at once:\n{table}");
 
+    // A plugin that does not say it attached the sender check: the agent
+    // attaches it itself, and with no veth to attach it to, refuses.
+    let foreign = json!({"op": "add", "containerID": "foreign", "netns": "/dev/null", "ifname": "eth0",
+        "ips": ["10.48.0.200"], "podNamespace": "shop", "podName": "other"});
+    let refused = palisade_agent::cni_socket::call(&socket_path, &foreign, Duration::from_secs(5));
+    assert!(refused.as_ref().is_err_and(|e| e.contains("sender check")), "{refused:?}");
+
     for (i, name) in [(0, "web"), (2, "other")] {
         let (code, v) = add(&node, &conf, &pods[i], name);
         assert_eq!(code, 0, "{name}: {v}");
