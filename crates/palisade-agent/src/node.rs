@@ -80,7 +80,8 @@ pub struct NodeAgent {
     /// (a pod wired by an older plugin may lack it).
     checks_ensured: bool,
     /// Addresses of local pods that are gone: their tracked flows are
-    /// removed after the next apply (see `conntrack::forget_addresses`).
+    /// removed at the start of the next apply, before its kernel change
+    /// (see `conntrack::forget_addresses`).
     forget: Vec<IpAddr>,
     warnings: Vec<String>,
 }

@@ -12,73 +12,45 @@ use palisade_lab::{Lab, LabOptions};
 
 use common::{cluster, privileged, run_id};
 
-const CLUSTER_V4: &str = "
-apiVersion: v1
-kind: Pod
-metadata: {name: a, namespace: x, labels: {app: a}}
-spec: {nodeName: n1, containers: [{name: c, image: i}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: c, namespace: x, labels: {app: c}}
-spec: {nodeName: n1, containers: [{name: c, image: i}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: b, namespace: x, labels: {app: b}}
-spec: {nodeName: n2, containers: [{name: c, image: i}]}
----
-apiVersion: networking.k8s.io/v1
+/// Pods a and c on node n1, b on n2; b admits UDP 9999 from c only. With
+/// `v6_net`, the pods are IPv6-only with addresses in that /64 prefix;
+/// otherwise the lab gives them IPv4 addresses.
+fn manifests(v6_net: Option<&str>) -> String {
+    let mut text = String::new();
+    for (name, node, host) in [("a", "n1", "1::a"), ("c", "n1", "1::c"), ("b", "n2", "2::b")] {
+        text += &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: x, labels: {{app: {name}}}}}\n\
+             spec: {{nodeName: {node}, containers: [{{name: c, image: i}}]}}\n"
+        );
+        if let Some(net) = v6_net {
+            text += &format!("status: {{podIP: '{net}{host}', podIPs: [{{ip: '{net}{host}'}}]}}\n");
+        }
+        text += "---\n";
+    }
+    text + "apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: b, namespace: x}
 spec:
   podSelector: {matchLabels: {app: b}}
   ingress: [{from: [{podSelector: {matchLabels: {app: c}}}], ports: [{protocol: UDP, port: 9999}]}]
-";
+"
+}
 
 fn udp_from(ns: &Netns, src: SocketAddr) -> UdpSocket {
     ns.enter(|| UdpSocket::bind(src)).unwrap().unwrap()
 }
 
-/// The same pods, IPv6 only.
-const CLUSTER_V6: &str = "
-apiVersion: v1
-kind: Pod
-metadata: {name: a, namespace: x, labels: {app: a}}
-spec: {nodeName: n1, containers: [{name: c, image: i}]}
-status: {podIP: 'fd00:10:244:1::a', podIPs: [{ip: 'fd00:10:244:1::a'}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: c, namespace: x, labels: {app: c}}
-spec: {nodeName: n1, containers: [{name: c, image: i}]}
-status: {podIP: 'fd00:10:244:1::c', podIPs: [{ip: 'fd00:10:244:1::c'}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: b, namespace: x, labels: {app: b}}
-spec: {nodeName: n2, containers: [{name: c, image: i}]}
-status: {podIP: 'fd00:10:244:2::b', podIPs: [{ip: 'fd00:10:244:2::b'}]}
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: b, namespace: x}
-spec:
-  podSelector: {matchLabels: {app: b}}
-  ingress: [{from: [{podSelector: {matchLabels: {app: c}}}], ports: [{protocol: UDP, port: 9999}]}]
-";
-
 #[test]
 fn an_ipv4_pod_cannot_send_with_another_pods_address() {
     if privileged("anti-spoofing, IPv4") {
-        forging_scenario(CLUSTER_V4, "4");
+        forging_scenario(&manifests(None), "4");
     }
 }
 
 #[test]
 fn an_ipv6_pod_cannot_send_with_another_pods_address() {
     if privileged("anti-spoofing, IPv6") {
-        forging_scenario(CLUSTER_V6, "6");
+        forging_scenario(&manifests(Some("fd00:10:244:")), "6");
     }
 }
 
