@@ -18,7 +18,7 @@ use palisade_engine::{BitSet, Changes, EndpointId, Engine, Identity, IdentityId,
 use palisade_model::Direction;
 
 use crate::chains::{identity_chain, selector_tag, SetRequest};
-use crate::nfnetlink::{ElementBatch, NetlinkError, NetlinkSession};
+use crate::nfnetlink::{NetlinkBatch, NetlinkError, NetlinkSession};
 use crate::nft::{ChainDef, NftError, Op, Rule, Transaction};
 use crate::ruleset::{local_elements, Options, Ruleset};
 
@@ -55,9 +55,9 @@ impl Derived {
 /// The result of one [`NodeCompiler::update`].
 pub struct Update {
     pub transaction: Transaction,
-    /// The same change as a netlink element batch, when it only changes
-    /// set and map elements (the fast path: no `nft` process).
-    pub elements: Option<ElementBatch>,
+    /// The same change as a netlink batch, when everything in it can be
+    /// written that way (the fast path: no `nft` process).
+    pub netlink: Option<NetlinkBatch>,
     /// `Some(why)` when the update could not be done incrementally (or
     /// there was no state yet): the transaction replaces the whole table.
     pub full: Option<&'static str>,
@@ -110,9 +110,9 @@ pub enum ApplyError {
 
 impl Update {
     /// Applies the change in the session's namespace: over netlink when it
-    /// only changes elements, else with `nft -f`.
+    /// can, else with `nft -f`.
     pub fn apply(&self, session: &mut NetlinkSession) -> Result<(), ApplyError> {
-        match &self.elements {
+        match &self.netlink {
             Some(batch) => Ok(session.apply(batch)?),
             None => Ok(self.transaction.apply_in(session.netns())?),
         }
@@ -182,16 +182,16 @@ impl NodeCompiler {
                 Ok(delta) => {
                     let transaction = self.transaction(delta);
                     let key_of = |set: &str| self.rs.sets.get(set).map(|(def, _)| def.key.clone());
-                    // An element the encoder does not know goes through nft.
-                    let elements = ElementBatch::from_transaction(&transaction, key_of).ok().flatten();
-                    return Update { transaction, elements, full: None };
+                    // Anything the encoder does not know goes through nft.
+                    let netlink = NetlinkBatch::from_transaction(&transaction, key_of).ok().flatten();
+                    return Update { transaction, netlink, full: None };
                 }
                 Err(NeedsResync(why)) => why,
             }
         } else {
             "first update"
         };
-        Update { transaction: self.resync(engine, pod_iface), elements: None, full: Some(why) }
+        Update { transaction: self.resync(engine, pod_iface), netlink: None, full: Some(why) }
     }
 
     fn patch(

@@ -11,6 +11,7 @@ pub mod conntrack;
 mod incremental;
 pub mod netns;
 pub mod nfnetlink;
+mod nfobjects;
 pub mod nft;
 pub mod podnet;
 pub mod ruleset;

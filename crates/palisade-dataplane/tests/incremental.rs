@@ -256,7 +256,7 @@ spec:
     assert_eq!(update.full, None);
     // Same chains, same address, same selector memberships: nothing to do.
     assert!(update.transaction.ops.is_empty(), "expected no change:\n{}", update.transaction.render());
-    assert!(update.elements.is_some());
+    assert!(update.netlink.is_some());
     assert_eq!(compiler.ruleset().chains.keys().cloned().collect::<Vec<_>>(), chains);
     assert_eq!(compiler.ruleset(), &compile_node(&engine, pod_iface(&engine), &Options::default()));
 }

@@ -138,7 +138,7 @@ fn selector_set_of(rs: &palisade_dataplane::Ruleset, selector_text: &str) -> Str
 /// for every key type Palisade uses, and a refused batch changes nothing.
 #[test]
 fn netlink_element_batches_match_nft() {
-    use palisade_dataplane::nfnetlink::ElementBatch;
+    use palisade_dataplane::nfnetlink::NetlinkBatch;
     use palisade_dataplane::nft::{KeyType, Op, Transaction};
     if !palisade_testkit::privileged("netlink element batches") {
         return;
@@ -172,8 +172,26 @@ fn netlink_element_batches_match_nft() {
     tx.push(add("src4", "\"veth-a\" . 10.1.2.3"));
     tx.push(add("np4", "10.1.2.3 . 8080"));
     tx.push(add("m4", "10.1.2.3 : jump c1"));
-    let batch = ElementBatch::from_transaction(&tx, keys).unwrap().expect("element-only");
+    let batch = NetlinkBatch::from_transaction(&tx, keys).unwrap().expect("element-only");
     batch.apply_in(Some(&ns.0)).unwrap();
+
+    // The same sets created over netlink list as nft's, keys and elements.
+    use palisade_dataplane::nft::SetDef;
+    let by_netlink = Netns::new("nl-sets");
+    run_nft_in(Some(&by_netlink.0), &["add", "table", "inet", "palisade"], None).unwrap();
+    let mut create = Transaction::new("palisade");
+    create.push(Op::AddChain(palisade_dataplane::nft::ChainDef { name: "c1".into(), hook: None, comment: "".into() }));
+    for set in ["a4", "a6", "ifs", "src4", "np4", "m4"] {
+        let key = keys(set).unwrap();
+        let map_to = (set == "m4").then_some("verdict");
+        create.push(Op::AddSet(SetDef { name: set.into(), key, map_to, interval: false, comment: String::new() }));
+    }
+    create.ops.extend(tx.ops.iter().cloned());
+    NetlinkBatch::from_transaction(&create, |_| None).unwrap().unwrap().apply_in(Some(&by_netlink.0)).unwrap();
+    let list = |ns: &Netns| run_nft_in(Some(&ns.0), &["list", "table", "inet", "palisade"], None).unwrap();
+    assert_eq!(objects(&list(&by_netlink)), objects(&list(&ns)), "{}", list(&by_netlink));
+    drop(by_netlink);
+
     let listed = run_nft_in(Some(&ns.0), &["list", "table", "inet", "palisade"], None).unwrap();
     for expected in
         ["10.1.2.3", "fd00::7", "\"veth-a\"", "\"veth-a\" . 10.1.2.3", "10.1.2.3 . 8080", "10.1.2.3 : jump c1"]
@@ -185,7 +203,7 @@ fn netlink_element_batches_match_nft() {
     let mut bad = Transaction::new("palisade");
     bad.push(Op::DeleteElements { set: "a4".into(), elements: vec!["10.1.2.3".into()] });
     bad.push(Op::DeleteElements { set: "a6".into(), elements: vec!["fd00::99".into()] });
-    let batch = ElementBatch::from_transaction(&bad, keys).unwrap().unwrap();
+    let batch = NetlinkBatch::from_transaction(&bad, keys).unwrap().unwrap();
     assert!(batch.apply_in(Some(&ns.0)).is_err());
     let listed = run_nft_in(Some(&ns.0), &["list", "set", "inet", "palisade", "a4"], None).unwrap();
     assert!(listed.contains("10.1.2.3"), "a refused batch must change nothing:\n{listed}");
@@ -201,7 +219,7 @@ fn netlink_element_batches_match_nft() {
         } else {
             Op::DeleteElements { set: "a4".into(), elements }
         });
-        ElementBatch::from_transaction(&tx, keys).unwrap().unwrap()
+        NetlinkBatch::from_transaction(&tx, keys).unwrap().unwrap()
     };
     session.apply(&one(true, "10.7.7.7")).unwrap();
     session.apply(&one(false, "10.7.7.7")).unwrap();
@@ -214,8 +232,126 @@ fn netlink_element_batches_match_nft() {
     let listed = run_nft_in(Some(&ns.0), &["list", "set", "inet", "palisade", "a4"], None).unwrap();
     assert!(listed.contains("10.7.7.9") && !listed.contains("10.7.7.8"), "{listed}");
 
-    // A transaction that changes a rule is not an element batch.
-    let mut rules = Transaction::new("palisade");
-    rules.push(Op::FlushChain("c1".into()));
-    assert!(ElementBatch::from_transaction(&rules, keys).unwrap().is_none());
+    // The table itself and base chains are nft's to write.
+    let mut table = Transaction::new("palisade");
+    table.push(Op::AddTable);
+    assert!(NetlinkBatch::from_transaction(&table, keys).unwrap().is_none());
+}
+
+/// A cluster with every rule form the policy compiler emits: selector and
+/// namespace peers, ipBlocks with excepts at byte and odd prefix lengths in
+/// both families, named ports both ways, port ranges, all protocols,
+/// any-peer and any-port rules.
+const EVERY_FORM: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: y, labels: {ns: y}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c, namespace: y, labels: {pod: c}}
+spec: {nodeName: n1, containers: [{name: c, image: i, ports: [{name: dns, containerPort: 53, protocol: UDP}]}]}
+status: {podIP: 10.244.1.20, podIPs: [{ip: 10.244.1.20}, {ip: "fd00::20"}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: c, namespace: y}
+spec:
+  podSelector: {matchLabels: {pod: c}}
+  policyTypes: [Ingress, Egress]
+  ingress:
+  - from: [{ipBlock: {cidr: 172.16.0.0/12, except: [172.16.0.0/31, 172.17.0.1/32]}}]
+  - from: [{ipBlock: {cidr: "2001:db8::/33", except: ["2001:db8::/120"]}}]
+    ports: [{protocol: SCTP, port: 9000, endPort: 9100}, {protocol: UDP, port: dns}]
+  - {}
+  egress:
+  - to: [{podSelector: {}, namespaceSelector: {matchLabels: {ns: y}}}]
+    ports: [{protocol: UDP, port: dns}, {protocol: TCP, port: 1, endPort: 65535}]
+  - ports: [{protocol: TCP, port: 443}]
+"#;
+
+/// Splits `nft list table` into its objects, each with its lines; a set's
+/// elements sorted (the kernel lists a hash set in no fixed order).
+fn objects(listing: &str) -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    let mut current: Option<(String, Vec<String>)> = None;
+    let mut elements: Option<String> = None;
+    for line in listing.lines() {
+        let trimmed = line.trim();
+        if line.starts_with("\t") && !line.starts_with("\t\t") {
+            if trimmed == "}" {
+                let (name, lines) = current.take().expect("an object is open");
+                out.insert(name, lines);
+            } else {
+                current = Some((trimmed.to_string(), Vec::new()));
+            }
+            continue;
+        }
+        let Some((_, lines)) = current.as_mut() else { continue };
+        if let Some(text) = elements.as_mut() {
+            text.push_str(trimmed);
+            if trimmed.ends_with('}') {
+                let inner = text.trim_end_matches('}');
+                let mut items: Vec<String> = inner.split(',').map(|e| e.trim().to_string()).collect();
+                items.sort();
+                lines.push(format!("elements = {items:?}"));
+                elements = None;
+            }
+        } else if let Some(rest) = trimmed.strip_prefix("elements = {") {
+            elements = Some(String::new());
+            let text = elements.as_mut().unwrap();
+            text.push_str(rest);
+            if rest.ends_with('}') {
+                let inner = rest.trim_end_matches('}');
+                let mut items: Vec<String> = inner.split(',').map(|e| e.trim().to_string()).collect();
+                items.sort();
+                lines.push(format!("elements = {items:?}"));
+                elements = None;
+            }
+        } else {
+            lines.push(trimmed.to_string());
+        }
+    }
+    out
+}
+
+/// Sets, policy chains and their rules written over netlink list exactly as
+/// the same objects written by `nft -f`, for every rule form the compiler
+/// emits (both deny actions, both families); only the table and its base
+/// chains come from nft.
+#[test]
+fn netlink_objects_list_as_nft_writes_them() {
+    use palisade_dataplane::nfnetlink::NetlinkBatch;
+    if !palisade_testkit::privileged("netlink objects") {
+        return;
+    }
+    for (text, deny) in [(CLUSTER, DenyAction::Drop), (EVERY_FORM, DenyAction::Reject), (EVERY_FORM, DenyAction::Drop)]
+    {
+        let engine = engine(text);
+        let opts = Options { deny, ..Options::default() };
+        let full = compile(&engine, |_| true, &opts);
+        let base = compile(&engine, |_| false, &opts);
+        let by_nft = Netns::new("nl-nft");
+        full.full_transaction(&opts.table).apply_in(Some(&by_nft.0)).unwrap();
+        let by_netlink = Netns::new("nl-obj");
+        base.full_transaction(&opts.table).apply_in(Some(&by_netlink.0)).unwrap();
+        let rest = full.diff_transaction(&base, &opts.table);
+        let keys = |set: &str| full.sets.get(set).map(|(d, _)| d.key.clone());
+        let batch = NetlinkBatch::from_transaction(&rest, keys)
+            .unwrap()
+            .unwrap_or_else(|| panic!("a rule outside the netlink grammar:\n{}", rest.render()));
+        assert!(batch.writes_objects());
+        batch.apply_in(Some(&by_netlink.0)).unwrap_or_else(|e| panic!("{e}\n{}", rest.render()));
+        let list = |ns: &Netns| run_nft_in(Some(&ns.0), &["list", "table", "inet", "palisade"], None).unwrap();
+        let (want, got) = (list(&by_nft), list(&by_netlink));
+        assert_eq!(objects(&got), objects(&want), "netlink:\n{got}\nnft:\n{want}");
+        assert!(want.contains("reject") == (deny == DenyAction::Reject) && objects(&want).len() > 8, "{want}");
+
+        // And taken apart again: flushed and deleted chains, deleted sets.
+        let undo = base.diff_transaction(&full, &opts.table);
+        let batch = NetlinkBatch::from_transaction(&undo, keys).unwrap().expect("deletes go over netlink");
+        batch.apply_in(Some(&by_netlink.0)).unwrap_or_else(|e| panic!("{e}\n{}", undo.render()));
+        base.full_transaction(&opts.table).apply_in(Some(&by_nft.0)).unwrap();
+        assert_eq!(objects(&list(&by_netlink)), objects(&list(&by_nft)));
+    }
 }

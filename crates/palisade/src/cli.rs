@@ -259,6 +259,16 @@ pub struct BenchDataplaneArgs {
     /// with a 95% confidence interval. The most precise comparison on a noisy machine.
     #[arg(long, conflicts_with = "interleave")]
     pub paired: bool,
+    /// Pin the bench (client, servers, and so the kernel work they cause) to this CPU: a rate then measures the CPU
+    /// cost of an operation, without the scheduler's placement noise of a shared machine.
+    #[arg(long)]
+    pub cpu: Option<usize>,
+    /// With --paired: write every pair's rates (floor and Palisade) to this TSV file.
+    #[arg(long)]
+    pub samples: Option<std::path::PathBuf>,
+    /// Skip the apply timings at the end.
+    #[arg(long)]
+    pub no_apply_times: bool,
 }
 
 #[derive(Args, Clone)]

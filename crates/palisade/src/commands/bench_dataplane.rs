@@ -225,8 +225,25 @@ fn set_floor(lab: &Lab, floor: &str) -> Result<()> {
     Ok(())
 }
 
+/// Pins every thread of this process to `cpu`; threads started later
+/// inherit it from the thread that starts them.
+fn pin_to_cpu(cpu: usize) -> Result<()> {
+    use nix::sched::{sched_setaffinity, CpuSet};
+    let mut set = CpuSet::new();
+    set.set(cpu).with_context(|| format!("CPU {cpu}"))?;
+    for task in std::fs::read_dir("/proc/self/task").context("/proc/self/task")? {
+        let tid: i32 = task?.file_name().to_string_lossy().parse().context("thread id")?;
+        sched_setaffinity(nix::unistd::Pid::from_raw(tid), &set)
+            .with_context(|| format!("pinning thread {tid} to CPU {cpu}"))?;
+    }
+    Ok(())
+}
+
 pub fn run(args: &BenchDataplaneArgs, out: &mut dyn Write) -> Result<()> {
     require_root()?;
+    if let Some(cpu) = args.cpu {
+        pin_to_cpu(cpu)?;
+    }
     let (cluster, problems, _) =
         Cluster::from_manifests(parse_sources(&[Source { name: "bench.yaml".into(), text: PODS.into() }]));
     anyhow::ensure!(problems.is_empty(), "{problems:?}");
@@ -249,6 +266,11 @@ pub fn run(args: &BenchDataplaneArgs, out: &mut dyn Write) -> Result<()> {
         paths.push(BenchPath { name, echo: SocketAddr::new(ip, 5001), sink_addr, sink });
     }
 
+    if let Some(cpu) = args.cpu {
+        // Again: threads the lab and the sinks started are pinned too.
+        pin_to_cpu(cpu)?;
+        writeln!(out, "client, servers and sinks pinned to CPU {cpu}")?;
+    }
     let mut configs: Vec<(String, Option<usize>)> =
         vec![("no filtering".into(), None), ("conntrack only".into(), None)];
     for n in &args.entries {
@@ -257,12 +279,12 @@ pub fn run(args: &BenchDataplaneArgs, out: &mut dyn Write) -> Result<()> {
     if args.paired {
         super::bench_paired::paired(&mut lab, &cluster, &paths, args, out)?;
         drop(lab);
-        return apply_times(args, out);
+        return apply_times_unless_skipped(args, out);
     }
     if args.interleave {
         interleaved(&mut lab, &cluster, &configs, &paths, args, out)?;
         drop(lab);
-        return apply_times(args, out);
+        return apply_times_unless_skipped(args, out);
     }
     writeln!(
         out,
@@ -330,6 +352,13 @@ pub fn run(args: &BenchDataplaneArgs, out: &mut dyn Write) -> Result<()> {
         }
     }
     drop(lab);
+    apply_times_unless_skipped(args, out)
+}
+
+fn apply_times_unless_skipped(args: &BenchDataplaneArgs, out: &mut dyn Write) -> Result<()> {
+    if args.no_apply_times {
+        return Ok(());
+    }
     apply_times(args, out)
 }
 
@@ -506,7 +535,7 @@ fn apply_times(args: &BenchDataplaneArgs, out: &mut dyn Write) -> Result<()> {
             compile_times.push(start.elapsed().as_secs_f64() * 1e3);
             anyhow::ensure!(update.full.is_none(), "the update was not incremental: {:?}", update.full);
             ops += update.transaction.ops.len();
-            fast += usize::from(update.elements.is_some());
+            fast += usize::from(update.netlink.is_some());
             update.apply(&mut session)?;
             times.push(start.elapsed().as_secs_f64() * 1e3);
         }
@@ -528,7 +557,7 @@ fn apply_times(args: &BenchDataplaneArgs, out: &mut dyn Write) -> Result<()> {
 /// netlink, in a table with one empty set: the floor under a single-pod
 /// change.
 fn element_floor(session: &mut NetlinkSession, out: &mut dyn Write) -> Result<()> {
-    use palisade_dataplane::nfnetlink::ElementBatch;
+    use palisade_dataplane::nfnetlink::NetlinkBatch;
     use palisade_dataplane::nft::{run_nft_in, KeyType, Op, Transaction};
     run_nft_in(session.netns(), &["-f", "-"], Some("table inet floor {\n set s { type ipv4_addr; }\n}\n"))?;
     let keys = |_: &str| Some(KeyType(vec!["ipv4_addr"]));
@@ -543,7 +572,7 @@ fn element_floor(session: &mut NetlinkSession, out: &mut dyn Write) -> Result<()
             };
             let mut tx = Transaction::new("floor");
             tx.push(op);
-            let batch = ElementBatch::from_transaction(&tx, keys)?.expect("element batch");
+            let batch = NetlinkBatch::from_transaction(&tx, keys)?.expect("element batch");
             let start = Instant::now();
             session.apply(&batch)?;
             times.push(start.elapsed().as_secs_f64() * 1e3);

@@ -79,6 +79,18 @@ pub(super) fn paired(
         "path", "entries", "RR/ct", "CRR/ct", "Gbit/ct", "ct/RRcpu", "ct/CRRcpu"
     )?;
     let pairs_n = even_pairs(args.rounds);
+    let mut raw = match &args.samples {
+        Some(path) => {
+            let mut f = std::fs::File::create(path).with_context(|| format!("{}", path.display()))?;
+            writeln!(
+                f,
+                "entries\tpath\tpair\tfloor_first\tfloor_rr\tpalisade_rr\tfloor_crr\tpalisade_crr\tfloor_gbits\t\
+                 palisade_gbits\tfloor_cpu_rr\tpalisade_cpu_rr\tfloor_cpu_crr\tpalisade_cpu_crr"
+            )?;
+            Some(f)
+        }
+        None => None,
+    };
     for &entries in &args.entries {
         set_config(lab, cluster, "palisade", Some(entries))?;
         let swap = Swap::capture(lab)?;
@@ -104,6 +116,28 @@ pub(super) fn paired(
         }
         swap.set(lab, false)?;
         eprintln!("{entries} entries: {pairs_n} pairs measured");
+        if let Some(f) = raw.as_mut() {
+            for (path, samples) in paths.iter().zip(&pairs) {
+                for (k, (p, fl)) in samples.iter().enumerate() {
+                    writeln!(
+                        f,
+                        "{entries}\t{}\t{k}\t{}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.3}\t{:.3}\t{:.2}\t{:.2}\t{:.2}\t{:.2}",
+                        path.name,
+                        k % 2 == 0,
+                        fl.rr,
+                        p.rr,
+                        fl.crr,
+                        p.crr,
+                        fl.gbits,
+                        p.gbits,
+                        fl.cpu_rr,
+                        p.cpu_rr,
+                        fl.cpu_crr,
+                        p.cpu_crr
+                    )?;
+                }
+            }
+        }
         for (path, samples) in paths.iter().zip(&pairs) {
             let summary = |ratio: fn(&Rates, &Rates) -> f64| {
                 let (g, lo, hi) = geomean_ci(&samples.iter().map(|(p, f)| ratio(p, f)).collect::<Vec<_>>());
