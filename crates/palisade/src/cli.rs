@@ -233,6 +233,13 @@ pub struct BenchAgentArgs {
     pub adds: usize,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PairedPart {
+    Both,
+    Rules,
+    Checks,
+}
+
 #[derive(Args)]
 pub struct BenchDataplaneArgs {
     /// Peer entries to compile the policy to, repeatable.
@@ -266,6 +273,11 @@ pub struct BenchDataplaneArgs {
     /// With --paired: write every pair's rates (floor and Palisade) to this TSV file.
     #[arg(long)]
     pub samples: Option<std::path::PathBuf>,
+    /// With --paired: what the Palisade slices add to the floor. `both` (the comparison of record), or one part
+    /// alone to see where the cost is: `rules` (Palisade's forward chain, no veth checks) or `checks` (the veth
+    /// sender checks under the floor's rules).
+    #[arg(long, value_enum, default_value_t = PairedPart::Both)]
+    pub part: PairedPart,
     /// Skip the apply timings at the end.
     #[arg(long)]
     pub no_apply_times: bool,

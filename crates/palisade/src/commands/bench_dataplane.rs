@@ -200,7 +200,11 @@ pub(super) fn set_sender_checks(lab: &Lab, on: bool) -> Result<()> {
             let _ = ns.exec("tc", &["-force", "-batch", "-"], Some(&script));
             let show: String = pods.iter().map(|p| format!("qdisc show dev {}\n", p.host_if)).collect();
             let left = ns.exec("tc", &["-batch", "-"], Some(&show))?;
-            anyhow::ensure!(!left.contains("clsact"), "{}: sender checks left in place:\n{left}", ns.name);
+            anyhow::ensure!(
+                !left.contains("qdisc ingress") && !left.contains("clsact"),
+                "{}: sender checks left in place:\n{left}",
+                ns.name
+            );
         }
     }
     Ok(())

@@ -17,7 +17,7 @@ use palisade_lab::Lab;
 use palisade_model::Cluster;
 
 use super::bench_dataplane::{set_config, set_sender_checks, BenchPath, Rates};
-use crate::cli::BenchDataplaneArgs;
+use crate::cli::{BenchDataplaneArgs, PairedPart};
 
 const FLOOR_RULES: &str = "add rule inet palisade forward ct state established,related accept\n\
                            add rule inet palisade forward ct state invalid drop\n";
@@ -43,13 +43,15 @@ impl Swap {
     /// Puts the floor (`floor`: its two rules, and no sender checks on the
     /// pods' veths) or Palisade (its rules and checks) in force on every
     /// node, one nft transaction per node.
-    fn set(&self, lab: &Lab, floor: bool) -> Result<()> {
+    fn set(&self, lab: &Lab, floor: bool, part: PairedPart) -> Result<()> {
+        let rules = !floor && part != PairedPart::Checks;
+        let checks = !floor && part != PairedPart::Rules;
         for (ns, listing) in &self.nodes {
-            let rules = if floor { FLOOR_RULES } else { listing };
+            let rules = if rules { listing } else { FLOOR_RULES };
             let script = format!("flush chain inet palisade forward\n{rules}");
             ns.exec("nft", &["-f", "-"], Some(&script)).with_context(|| format!("{}: swapping rules", ns.name))?;
         }
-        set_sender_checks(lab, !floor)
+        set_sender_checks(lab, checks)
     }
 }
 
@@ -79,6 +81,11 @@ pub(super) fn paired(
         "path", "entries", "RR/ct", "CRR/ct", "Gbit/ct", "ct/RRcpu", "ct/CRRcpu"
     )?;
     let pairs_n = even_pairs(args.rounds);
+    match args.part {
+        PairedPart::Both => {}
+        PairedPart::Rules => writeln!(out, "Palisade slices: its forward chain only, no veth sender checks")?,
+        PairedPart::Checks => writeln!(out, "Palisade slices: the veth sender checks only, under the floor's rules")?,
+    }
     let mut raw = match &args.samples {
         Some(path) => {
             let mut f = std::fs::File::create(path).with_context(|| format!("{}", path.display()))?;
@@ -98,7 +105,7 @@ pub(super) fn paired(
         let mut pairs: Vec<Vec<(Rates, Rates)>> = vec![Vec::new(); paths.len()];
         for pair in 0..pairs_n {
             let slice = |floor: bool| -> Result<Vec<Rates>> {
-                swap.set(lab, floor)?;
+                swap.set(lab, floor, args.part)?;
                 // Freed rules and qdiscs are reclaimed (RCU) before measuring.
                 std::thread::sleep(std::time::Duration::from_millis(100));
                 paths.iter().map(|p| p.measure(&client, args.seconds)).collect()
@@ -114,7 +121,7 @@ pub(super) fn paired(
                 pairs[i].push((p, f));
             }
         }
-        swap.set(lab, false)?;
+        swap.set(lab, false, PairedPart::Both)?;
         eprintln!("{entries} entries: {pairs_n} pairs measured");
         if let Some(f) = raw.as_mut() {
             for (path, samples) in paths.iter().zip(&pairs) {
