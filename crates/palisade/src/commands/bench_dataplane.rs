@@ -526,7 +526,7 @@ fn apply_times(args: &BenchDataplaneArgs, out: &mut dyn Write) -> Result<()> {
     ];
     let mut session = NetlinkSession::new(Some(&ns.name));
     for (kind, make) in kinds {
-        let (mut times, mut compile_times, mut ops, mut fast) = (Vec::new(), Vec::new(), 0, 0);
+        let (mut times, mut compile_times, mut ops, mut fast, mut new_chains) = (Vec::new(), Vec::new(), 0, 0, 0);
         for (i, ep) in locals.iter().take(10).enumerate() {
             let change = make(i, ep);
             let start = Instant::now();
@@ -540,6 +540,8 @@ fn apply_times(args: &BenchDataplaneArgs, out: &mut dyn Write) -> Result<()> {
             anyhow::ensure!(update.full.is_none(), "the update was not incremental: {:?}", update.full);
             ops += update.transaction.ops.len();
             fast += usize::from(update.netlink.is_some());
+            let adds_chain = |op: &palisade_dataplane::nft::Op| matches!(op, palisade_dataplane::nft::Op::AddChain(_));
+            new_chains += usize::from(update.transaction.ops.iter().any(adds_chain));
             update.apply(&mut session)?;
             times.push(start.elapsed().as_secs_f64() * 1e3);
         }
@@ -547,7 +549,8 @@ fn apply_times(args: &BenchDataplaneArgs, out: &mut dyn Write) -> Result<()> {
         compile_times.sort_by(|a, b| a.total_cmp(b));
         writeln!(
             out,
-            "single-pod change, {kind}: median {:.1} ms, max {:.1} ms end to end (compile {:.2} ms; {} ops; {fast}/10 over netlink)",
+            "single-pod change, {kind}: median {:.1} ms, max {:.1} ms end to end (compile {:.2} ms; {} ops; \
+             {new_chains}/10 added a chain; {fast}/10 over netlink)",
             times[5],
             times[9],
             compile_times[5],
