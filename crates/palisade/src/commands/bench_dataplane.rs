@@ -499,12 +499,23 @@ fn apply_times(args: &BenchDataplaneArgs, out: &mut dyn Write) -> Result<()> {
     // Single-pod changes on this node, ten of each kind, end to end
     // (engine update + incremental compile + kernel). Pods added, deleted,
     // or relabelled without a change of policy touch only set and map
-    // elements (netlink); a relabel into another app's policies may need
-    // chains no local pod used yet (nft -f).
+    // elements; a relabel into another app's policies may need chains no
+    // local pod used yet, and a relabel into an app with no pod on this
+    // node always does. All of it goes over netlink.
     let locals: Vec<_> = engine.endpoints().filter(|(id, _)| local(&engine, *id)).map(|(_, e)| e.clone()).collect();
     anyhow::ensure!(locals.len() >= 20, "the node has fewer than 20 pods");
     let app = |e: &Endpoint| e.labels.get("app").cloned();
-    let kinds: [(&str, &MakeChange); 4] = [
+    // Apps of the namespace that no local pod runs: their policies' chains
+    // are not on this node.
+    let local_apps: std::collections::BTreeSet<(String, Option<String>)> =
+        locals.iter().map(|e| (e.key.namespace.clone(), app(e))).collect();
+    let elsewhere: Vec<Endpoint> = engine
+        .endpoints()
+        .filter(|(id, _)| !local(&engine, *id))
+        .map(|(_, e)| e.clone())
+        .filter(|e| !local_apps.contains(&(e.key.namespace.clone(), app(e))))
+        .collect();
+    let kinds: [(&str, &MakeChange); 5] = [
         ("pod added", &|i, ep| {
             let mut new = ep.clone();
             new.key.name = format!("bench-new-{i}");
@@ -519,6 +530,12 @@ fn apply_times(args: &BenchDataplaneArgs, out: &mut dyn Write) -> Result<()> {
         }),
         ("pod relabelled into another app", &|i, ep| {
             let other = locals.iter().skip(i + 1).find(|o| app(o) != app(ep) && o.key.namespace == ep.key.namespace);
+            let mut new = ep.clone();
+            new.labels = other.map_or_else(|| ep.labels.clone(), |o| o.labels.clone());
+            Change::Upsert(new)
+        }),
+        ("pod relabelled into an app not on this node", &|i, ep| {
+            let other = elsewhere.iter().filter(|o| o.key.namespace == ep.key.namespace).nth(i);
             let mut new = ep.clone();
             new.labels = other.map_or_else(|| ep.labels.clone(), |o| o.labels.clone());
             Change::Upsert(new)
