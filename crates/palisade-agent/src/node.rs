@@ -182,16 +182,10 @@ impl NodeAgent {
     /// whose veth is gone is skipped; any other failure is an error, and
     /// the kernel keeps its previous table.
     fn ensure_sender_checks(&mut self) -> Result<(), NodeError> {
-        let script: String =
-            self.local.values().map(|p| palisade_dataplane::sender::attach_script(&p.host_if, &p.ips)).collect();
-        if script.is_empty() || self.tc(&script).is_ok() {
-            self.checks_ensured = true;
-            return Ok(());
-        }
-        // One by one, to tell a vanished veth from a real failure.
         let netns = self.opts.netns.as_deref().map(Netns::named);
         for pod in self.local.values() {
-            if let Err(source) = self.tc(&palisade_dataplane::sender::attach_script(&pod.host_if, &pod.ips)) {
+            if let Err(source) = self.attach_check(&pod.host_if, &pod.ips) {
+                // A vanished veth is not a failure: its pod is on its way out.
                 let present = links(netns.as_ref()).is_none_or(|l| l.contains(&pod.host_if));
                 if present {
                     return Err(NodeError::SenderCheck { host_if: pod.host_if.clone(), source });
@@ -202,11 +196,20 @@ impl NodeAgent {
         Ok(())
     }
 
-    /// Runs a `tc -batch` script in the node's namespace.
-    fn tc(&self, script: &str) -> Result<String, palisade_dataplane::netns::NetnsError> {
+    /// Attaches the sender check to a local pod's veth, in the node's
+    /// namespace.
+    fn attach_check(
+        &self,
+        host_if: &str,
+        ips: &[std::net::IpAddr],
+    ) -> Result<(), palisade_dataplane::netns::NetnsError> {
+        use palisade_dataplane::sender;
         match self.opts.netns.as_deref().map(Netns::named) {
-            Some(ns) => ns.exec("tc", &["-batch", "-"], Some(script)),
-            None => palisade_dataplane::netns::run("tc", &["-batch", "-"], Some(script)),
+            Some(ns) => sender::attach_in(&ns, host_if, ips),
+            None => sender::attach(host_if, ips).map_err(|e| palisade_dataplane::netns::NetnsError::Io {
+                what: format!("the sender check on {host_if}"),
+                source: std::io::Error::other(e),
+            }),
         }
     }
 
@@ -379,7 +382,7 @@ impl NodeAgent {
         // pod's end comes up and says so (`check_attached`); for any other
         // plugin the agent attaches it, or refuses the pod.
         if !check_attached {
-            self.tc(&palisade_dataplane::sender::attach_script(&pod.host_if, &pod.ips))
+            self.attach_check(&pod.host_if, &pod.ips)
                 .map_err(|source| NodeError::SenderCheck { host_if: pod.host_if.clone(), source })?;
         }
         for k in &stale {

@@ -286,10 +286,7 @@ fn add(
         // sender check is put (back) in place, in case an earlier ADD
         // stopped between the two.
         if Path::new(&format!("/sys/class/net/{host_if}")).exists() {
-            let script = palisade_dataplane::sender::attach_script(&host_if, &ips);
-            return palisade_dataplane::netns::run("tc", &["-batch", "-"], Some(&script))
-                .map(|_| ())
-                .map_err(|e| internal("wiring the pod", e));
+            return palisade_dataplane::sender::attach(&host_if, &ips).map_err(|e| internal("wiring the pod", e));
         }
         link.attach().map_err(|e| internal("wiring the pod", e))
     };
@@ -428,9 +425,7 @@ fn check(conf: &NetConf, container_id: &str, netns: &str, ifname: &str) -> Resul
         return Err(internal("CHECK", format!("the node side {host_if} is missing")));
     }
     // The exact program for the held addresses, on the node side.
-    let filters = palisade_dataplane::netns::run("tc", &["filter", "show", "dev", &host_if, "ingress"], None)
-        .map_err(|e| internal("CHECK", e))?;
-    if !palisade_dataplane::sender::is_attached(&filters, &held) {
+    if !palisade_dataplane::sender::is_attached(&host_if, &held).map_err(|e| internal("CHECK", e))? {
         return Err(internal("CHECK", format!("the sender check on {host_if} is missing or not for {held:?}")));
     }
     let addrs = Netns::named(netns)

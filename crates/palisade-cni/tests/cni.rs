@@ -219,8 +219,8 @@ fn add_check_del_gc_in_every_version_and_chained_before_portmap_bandwidth_tuning
                 // Without the sender check on its veth, the pod could forge
                 // packets into other pods' connections: CHECK says so.
                 let host_if = result["interfaces"][0]["name"].as_str().unwrap();
-                let del = ["-n", &env.node.0, "filter", "del", "dev", host_if, "ingress", "pref", "1"];
-                assert!(Command::new("tc").args(del).status().unwrap().success());
+                let node = palisade_dataplane::netns::Netns::named(&env.node.0);
+                palisade_dataplane::sender::detach_in(&node, host_if).unwrap();
                 let (code, v) = env.cni("CHECK", &vars(&id, &pod.path()), &with_prev);
                 assert_eq!(code, 1, "CHECK without the sender check: {v}");
                 assert!(v["details"].as_str().unwrap().contains("sender check"), "{v}");

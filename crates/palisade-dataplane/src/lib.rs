@@ -6,6 +6,7 @@
 //! direction and one identity's rules; per change, one `nft -f` transaction
 //! touching only the sets and chains that changed.
 
+pub mod bpf;
 mod chains;
 pub mod conntrack;
 mod incremental;

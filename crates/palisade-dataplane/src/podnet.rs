@@ -55,7 +55,7 @@ impl PodLink {
         }
         self.node.ip_batch(&node)?;
         // Before the pod's end is up, so nothing it sends escapes the check.
-        self.node.exec("tc", &["-batch", "-"], Some(&crate::sender::attach_script(&self.host_if, &self.addresses)))?;
+        crate::sender::attach_in(&self.node, &self.host_if, &self.addresses)?;
         self.node.sysctl(&format!("net.ipv4.conf.{}.proxy_arp", self.host_if), "1")?;
         // Replies to the pod's neighbour solicitations come at once.
         self.node.sysctl(&format!("net.ipv4.neigh.{}.proxy_delay", self.host_if), "0")?;

@@ -142,12 +142,9 @@ fn forging_scenario(manifests: &str, tag: &str) {
     // forged datagram rides c's flow; a new forged flow is still stopped
     // by the forward chain.
     let node = lab.topology.node_netns(plan.pods[a].node);
-    let shown = node.exec("tc", &["filter", "show", "dev", &plan.pods[a].host_if, "ingress"], None).unwrap();
-    assert!(
-        palisade_dataplane::sender::is_attached(&shown, &plan.pods[a].ips),
-        "a's veth carries the sender check:\n{shown}"
-    );
-    node.exec("tc", &["filter", "del", "dev", &plan.pods[a].host_if, "ingress", "pref", "1"], None).unwrap();
+    let (a_if, a_ips) = (&plan.pods[a].host_if, &plan.pods[a].ips);
+    assert!(palisade_dataplane::sender::is_attached_in(&node, a_if, a_ips).unwrap(), "a's veth carries the check");
+    palisade_dataplane::sender::detach_in(&node, a_if).unwrap();
     forger.send_to(b"forged", target).unwrap();
     nothing_arrives("a forged new flow, without the veth check");
     rider.send_to(b"injected", target).unwrap();

@@ -235,12 +235,14 @@ fn a_pod_is_never_reachable_before_its_policy() {
     let db_if = lab.topology.plan.pods.iter().find(|p| p.key.name == "db").unwrap().host_if.clone();
     let agents = lab.agents().unwrap();
     std::fs::write(agents.state_file(db.node), "not json").unwrap();
-    node_ns.exec("tc", &["filter", "del", "dev", &db_if, "ingress", "pref", "1"], None).unwrap();
+    palisade_dataplane::sender::detach_in(&node_ns, &db_if).unwrap();
     agents.restart(db.node).unwrap();
     assert!(connect_tcp(&web, addr, Duration::from_millis(1000)).is_ok(), "web -> db is still allowed");
     assert!(connect_tcp(&other, addr, Duration::from_millis(1000)).is_err(), "other -> db is still denied");
-    let shown = node_ns.exec("tc", &["filter", "show", "dev", &db_if, "ingress"], None).unwrap();
-    assert!(palisade_dataplane::sender::is_attached(&shown, &db.ips), "db's sender check is back:\n{shown}");
+    assert!(
+        palisade_dataplane::sender::is_attached_in(&node_ns, &db_if, &db.ips).unwrap(),
+        "db's sender check is back"
+    );
     let web_pod = lab.topology.plan.pods.iter().find(|p| p.key.name == "web").unwrap().clone();
     let web_addr = SocketAddr::new(web_pod.ips[0], 80);
     assert!(connect_tcp(&other, web_addr, Duration::from_millis(1000)).is_ok(), "web (same node) still reachable");

@@ -187,23 +187,18 @@ fn phantoms(n: usize) -> Vec<Endpoint> {
 /// part of Palisade's cost, absent from the floors.
 pub(super) fn set_sender_checks(lab: &Lab, on: bool) -> Result<()> {
     let plan = &lab.topology.plan;
-    for n in 0..plan.nodes.len() {
-        let pods: Vec<_> = plan.pods.iter().filter(|p| p.node == n).collect();
-        let ns = lab.topology.node_netns(n);
+    for pod in &plan.pods {
+        let ns = lab.topology.node_netns(pod.node);
         if on {
-            let script: String = pods.iter().map(|p| sender::attach_script(&p.host_if, &p.ips)).collect();
-            ns.exec("tc", &["-batch", "-"], Some(&script))?;
+            sender::attach_in(&ns, &pod.host_if, &pod.ips)?;
         } else {
-            let script: String = pods.iter().map(|p| sender::detach_script(&p.host_if)).collect();
-            // `-force` goes on past a missing qdisc but then exits 1: what
-            // counts is that none is left.
-            let _ = ns.exec("tc", &["-force", "-batch", "-"], Some(&script));
-            let show: String = pods.iter().map(|p| format!("qdisc show dev {}\n", p.host_if)).collect();
-            let left = ns.exec("tc", &["-batch", "-"], Some(&show))?;
+            sender::detach_in(&ns, &pod.host_if)?;
+            // What counts is that none is left.
             anyhow::ensure!(
-                !left.contains("qdisc ingress") && !left.contains("clsact"),
-                "{}: sender checks left in place:\n{left}",
-                ns.name
+                !sender::is_attached_in(&ns, &pod.host_if, &pod.ips)?,
+                "{}: sender check left on {}",
+                ns.name,
+                pod.host_if
             );
         }
     }
