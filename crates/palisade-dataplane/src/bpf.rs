@@ -73,27 +73,36 @@ fn ifindex(dev: &str) -> Result<u32, BpfError> {
 }
 
 /// Loads a tc (`sched_cls`) program of eBPF instructions, each 8 bytes as
-/// the kernel lays them out, under `name` (at most 15 bytes).
+/// the kernel lays them out, under `name` (at most 15 bytes). Without a
+/// verifier log first (a large program's log overflows any buffer), and
+/// again with one only to explain a refusal.
 pub fn load(name: &str, insns: &[u8]) -> Result<OwnedFd, BpfError> {
     let license = c"GPL";
-    let mut log = vec![0u8; 64 * 1024];
-    let mut attr = [0u8; ATTR_SIZE];
-    put_u32(&mut attr, 0, BPF_PROG_TYPE_SCHED_CLS);
-    put_u32(&mut attr, 4, (insns.len() / 8) as u32);
-    put_u64(&mut attr, 8, insns.as_ptr() as u64);
-    put_u64(&mut attr, 16, license.as_ptr() as u64);
-    put_u32(&mut attr, 24, 1); // log_level
-    put_u32(&mut attr, 28, log.len() as u32);
-    put_u64(&mut attr, 32, log.as_mut_ptr() as u64);
-    let n = name.len().min(15);
-    attr[48..48 + n].copy_from_slice(&name.as_bytes()[..n]);
-    match bpf(BPF_PROG_LOAD, &mut attr) {
-        Ok(fd) => Ok(owned(fd)),
-        Err(source) => {
-            let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
-            Err(BpfError::Load { source, log: String::from_utf8_lossy(&log[..end]).trim().to_string() })
+    let attempt = |log: Option<&mut Vec<u8>>| {
+        let mut attr = [0u8; ATTR_SIZE];
+        put_u32(&mut attr, 0, BPF_PROG_TYPE_SCHED_CLS);
+        put_u32(&mut attr, 4, (insns.len() / 8) as u32);
+        put_u64(&mut attr, 8, insns.as_ptr() as u64);
+        put_u64(&mut attr, 16, license.as_ptr() as u64);
+        if let Some(log) = log {
+            put_u32(&mut attr, 24, 1); // log_level
+            put_u32(&mut attr, 28, log.len() as u32);
+            put_u64(&mut attr, 32, log.as_mut_ptr() as u64);
         }
-    }
+        let n = name.len().min(15);
+        attr[48..48 + n].copy_from_slice(&name.as_bytes()[..n]);
+        bpf(BPF_PROG_LOAD, &mut attr).map(owned)
+    };
+    attempt(None).map_err(|source| {
+        let mut log = vec![0u8; 256 * 1024];
+        let _ = attempt(Some(&mut log));
+        let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+        // The end of the log says why.
+        let text = String::from_utf8_lossy(&log[..end]);
+        let tail: String =
+            text.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("; ");
+        BpfError::Load { source, log: tail }
+    })
 }
 
 /// Attaches `prog` to the tcx ingress of `dev`, in front of what is there.

@@ -355,3 +355,38 @@ fn netlink_objects_list_as_nft_writes_them() {
         assert_eq!(objects(&list(&by_netlink)), objects(&list(&by_nft)));
     }
 }
+
+/// The kernel's verifier accepts the sender check for a pod with many
+/// addresses (the program grows with them), attaching twice keeps one
+/// program, and detaching leaves none.
+#[test]
+fn sender_checks_of_any_size_load_and_replace_each_other() {
+    use palisade_dataplane::netns::Netns as Ns;
+    use palisade_dataplane::sender;
+    if !palisade_testkit::privileged("sender check attach") {
+        return;
+    }
+    let ns = Netns::new("snd");
+    let node = Ns::named(&ns.0);
+    node.exec("ip", &["link", "add", "palx0", "type", "veth", "peer", "name", "palx1"], None).unwrap();
+    let many: Vec<std::net::IpAddr> = (0..300u32)
+        .flat_map(|i| {
+            [
+                std::net::IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)),
+                std::net::IpAddr::from(std::net::Ipv6Addr::from(0xfd00_u128 << 112 | u128::from(i))),
+            ]
+        })
+        .collect();
+    let few = &many[..2];
+    sender::attach_in(&node, "palx0", &many).unwrap();
+    assert!(sender::is_attached_in(&node, "palx0", &many).unwrap());
+    assert!(!sender::is_attached_in(&node, "palx0", few).unwrap(), "another address list is another program");
+    sender::attach_in(&node, "palx0", few).unwrap();
+    sender::attach_in(&node, "palx0", few).unwrap();
+    assert!(sender::is_attached_in(&node, "palx0", few).unwrap());
+    let listed = node.enter(|| palisade_dataplane::bpf::attached("palx0")).unwrap().unwrap();
+    assert_eq!(listed.len(), 1, "the old check left when the new one came: {listed:?}");
+    sender::detach_in(&node, "palx0").unwrap();
+    assert!(node.enter(|| palisade_dataplane::bpf::attached("palx0")).unwrap().unwrap().is_empty());
+    assert!(sender::attach_in(&node, "nosuchdev", few).is_err(), "a missing device is an error");
+}
