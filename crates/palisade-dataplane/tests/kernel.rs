@@ -273,12 +273,17 @@ spec:
 /// Splits `nft list table` into its objects, each with its lines; a set's
 /// elements sorted (the kernel lists a hash set in no fixed order).
 fn objects(listing: &str) -> BTreeMap<String, Vec<String>> {
+    let sorted = |text: &str| {
+        let mut items: Vec<String> = text.trim_end_matches('}').split(',').map(|e| e.trim().to_string()).collect();
+        items.sort();
+        format!("elements = {items:?}")
+    };
     let mut out = BTreeMap::new();
     let mut current: Option<(String, Vec<String>)> = None;
     let mut elements: Option<String> = None;
     for line in listing.lines() {
         let trimmed = line.trim();
-        if line.starts_with("\t") && !line.starts_with("\t\t") {
+        if line.starts_with('\t') && !line.starts_with("\t\t") {
             if trimmed == "}" {
                 let (name, lines) = current.take().expect("an object is open");
                 out.insert(name, lines);
@@ -288,28 +293,18 @@ fn objects(listing: &str) -> BTreeMap<String, Vec<String>> {
             continue;
         }
         let Some((_, lines)) = current.as_mut() else { continue };
-        if let Some(text) = elements.as_mut() {
+        if let Some(rest) = trimmed.strip_prefix("elements = {") {
+            elements = Some(rest.to_string());
+        } else if let Some(text) = elements.as_mut() {
             text.push_str(trimmed);
-            if trimmed.ends_with('}') {
-                let inner = text.trim_end_matches('}');
-                let mut items: Vec<String> = inner.split(',').map(|e| e.trim().to_string()).collect();
-                items.sort();
-                lines.push(format!("elements = {items:?}"));
-                elements = None;
-            }
-        } else if let Some(rest) = trimmed.strip_prefix("elements = {") {
-            elements = Some(String::new());
-            let text = elements.as_mut().unwrap();
-            text.push_str(rest);
-            if rest.ends_with('}') {
-                let inner = rest.trim_end_matches('}');
-                let mut items: Vec<String> = inner.split(',').map(|e| e.trim().to_string()).collect();
-                items.sort();
-                lines.push(format!("elements = {items:?}"));
-                elements = None;
-            }
         } else {
             lines.push(trimmed.to_string());
+            continue;
+        }
+        let text = elements.as_deref().expect("inside an element list");
+        if text.ends_with('}') {
+            lines.push(sorted(text));
+            elements = None;
         }
     }
     out
