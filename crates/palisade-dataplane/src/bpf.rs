@@ -1,9 +1,10 @@
 //! The few bpf(2) calls the sender check needs: load a tc program, attach
 //! it to a device's tcx ingress, list, name and detach what is attached.
 //! This is the workspace's one module with `unsafe` (STYLE.md): the kernel
-//! takes these requests as raw structs with pointers, and no crate that
-//! builds here wraps tcx's plain attach (no link, so the attachment lasts
-//! after the process exits, like a tc filter).
+//! takes these requests as raw structs with pointers. The attach is the
+//! plain one, not a bpf link: it lasts after the process exits, like a tc
+//! filter, where a link would have to be pinned in bpffs and its pin
+//! cleaned up when the pod goes.
 //!
 //! Every call works on the network namespace of the calling thread.
 #![allow(unsafe_code)]
