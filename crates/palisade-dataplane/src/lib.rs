@@ -10,6 +10,7 @@ pub mod bpf;
 mod chains;
 pub mod conntrack;
 mod incremental;
+pub mod link;
 pub mod netns;
 pub mod nfnetlink;
 mod nfobjects;

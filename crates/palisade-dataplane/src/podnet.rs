@@ -14,6 +14,8 @@ use crate::netns::{Netns, NetnsError};
 pub const GATEWAY_V4: &str = "169.254.1.1";
 /// The IPv6 gateway: the link-local address of the host end.
 pub const GATEWAY_V6: &str = "fe80::1";
+/// How long wiring waits for the node's end of a veth to be activated.
+pub const ACTIVATION_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One pod's attachment to its node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +32,8 @@ pub struct PodLink {
 impl PodLink {
     /// Creates the veth pair directly in both namespaces (never in the
     /// root namespace), addresses, routes, proxy ARP, and the sender check
-    /// on the node side (see `sender`).
+    /// on the node side (see `sender`). Returns once the node's end
+    /// transmits, so the pod's first packets are not lost.
     pub fn attach(&self) -> Result<(), NetnsError> {
         assert!(self.host_if.len() <= 15, "interface name {:?} longer than 15 bytes", self.host_if);
         let has_v6 = self.addresses.iter().any(IpAddr::is_ipv6);
@@ -75,7 +78,10 @@ impl PodLink {
         if has_v6 {
             pod += &format!("route add ::/0 via {GATEWAY_V6} dev {dev}\n");
         }
-        self.pod.ip_batch(&pod)
+        self.pod.ip_batch(&pod)?;
+        // The node's end is activated asynchronously once the pod's is up;
+        // until then it drops what it sends (see `link`).
+        crate::link::wait_until_transmitting(&self.node, &self.host_if, ACTIVATION_LIMIT)
     }
 
     /// Removes the pair (deleting one end deletes both) and its routes.

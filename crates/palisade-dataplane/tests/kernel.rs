@@ -385,3 +385,86 @@ fn sender_checks_of_any_size_load_and_replace_each_other() {
     assert!(node.enter(|| palisade_dataplane::bpf::attached("palx0")).unwrap().unwrap().is_empty());
     assert!(sender::attach_in(&node, "nosuchdev", few).is_err(), "a missing device is an error");
 }
+
+/// A veth end is activated after its peer comes up, asynchronously, under
+/// the rtnl lock; until then it drops all it sends. With the lock busy
+/// (namespaces with many devices being torn down, as when a lab ends
+/// beside another), that window is tens of milliseconds. Wiring a pod
+/// returns only after it, so the pod's first packets get through.
+#[test]
+fn a_wired_pod_link_transmits_when_attach_returns() {
+    use palisade_dataplane::link;
+    use palisade_dataplane::netns::Netns as Ns;
+    use palisade_dataplane::podnet::PodLink;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if !palisade_testkit::privileged("pod link activation") {
+        return;
+    }
+    let node = Netns::new("lnode");
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    // Keeps the kernel tearing namespaces down while the pods are wired.
+    let churn = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut round = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let (busy, peer) = (Netns::new(&format!("lbusy{round}")), Netns::new(&format!("lpeer{round}")));
+                let script: String =
+                    (0..200).map(|i| format!("link add v{i} type veth peer name w{i} netns {}\n", peer.0)).collect();
+                Ns::named(&busy.0).ip_batch(&script).unwrap();
+                round += 1;
+            }
+        })
+    };
+    let mut pods = Vec::new();
+    let mut wired = Vec::new();
+    for i in 0..20 {
+        let pod = Netns::new(&format!("lpod{i}"));
+        let link = PodLink {
+            pod: Ns::named(&pod.0),
+            node: Ns::named(&node.0),
+            host_if: format!("pl{i}"),
+            pod_if: "eth0".into(),
+            addresses: vec![format!("10.9.0.{}", 10 + i).parse().unwrap()],
+        };
+        pods.push(pod);
+        let attached = link.attach();
+        // Read at once: the state the pod's first packet meets.
+        let state = link::state(&link.node, &link.host_if);
+        wired.push((i, attached, state));
+    }
+    stop.store(true, Ordering::Relaxed);
+    churn.join().unwrap();
+    for (i, attached, state) in wired {
+        attached.unwrap();
+        let state = state.unwrap();
+        assert!(state.transmits(), "pod {i}: attach returned with the node's end at {state:?}");
+    }
+    assert!(link::state(&Ns::named(&node.0), "nosuchdev").is_err(), "a missing device is an error");
+}
+
+/// The wait itself: a veth end whose peer is down never transmits (the
+/// wait ends in an error naming what it saw); once the peer is up it does.
+#[test]
+fn waiting_for_a_link_ends_when_it_transmits_or_at_the_limit() {
+    use palisade_dataplane::link::{state, wait_until_transmitting};
+    use palisade_dataplane::netns::Netns as Ns;
+    use std::time::{Duration, Instant};
+    if !palisade_testkit::privileged("link activation wait") {
+        return;
+    }
+    let (a, b) = (Netns::new("wa"), Netns::new("wb"));
+    let (node, pod) = (Ns::named(&a.0), Ns::named(&b.0));
+    node.ip_batch(&format!("link add h0 type veth peer name e0 netns {}\nlink set h0 up\n", b.0)).unwrap();
+    let before = state(&node, "h0").unwrap();
+    assert!(!before.transmits(), "peer down: {before:?}");
+    let started = Instant::now();
+    let err = wait_until_transmitting(&node, "h0", Duration::from_millis(200)).unwrap_err();
+    assert!(started.elapsed() >= Duration::from_millis(200), "gave up early");
+    let text = format!("{err}: {}", std::error::Error::source(&err).map(|s| s.to_string()).unwrap_or_default());
+    assert!(text.contains("h0") && text.contains("not transmitting"), "{text}");
+    pod.ip_batch("link set e0 up\n").unwrap();
+    wait_until_transmitting(&node, "h0", Duration::from_secs(10)).unwrap();
+    assert!(state(&node, "h0").unwrap().transmits());
+    assert!(state(&pod, "e0").unwrap().transmits());
+}

@@ -7,8 +7,9 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use palisade_dataplane::link::wait_until_transmitting;
 use palisade_dataplane::netns::{Netns, NetnsError};
-use palisade_dataplane::podnet::{enable_forwarding, PodLink};
+use palisade_dataplane::podnet::{enable_forwarding, PodLink, ACTIVATION_LIMIT};
 
 use crate::plan::{Plan, EXTERNAL_V4, EXTERNAL_V6};
 
@@ -73,6 +74,11 @@ impl Topology {
                 writeln!(s, "addr add {v6addr}/64 dev ul0 nodad").unwrap();
             }
             ns.ip_batch(&s)?;
+        }
+        // The bridge's ports are activated (and start forwarding) after
+        // their peers came up, asynchronously: see `link`.
+        for (port, ..) in &uplinks {
+            wait_until_transmitting(&underlay, port, ACTIVATION_LIMIT)?;
         }
         // Nodes route what is not a pod to the external host, "the
         // internet" of the lab. Proxy ARP for the pods' gateway needs such a

@@ -59,6 +59,10 @@ fn check(s: &Scenario, extra: &[&str]) -> Result<usize, String> {
         }
         if !agreed && wrong.is_empty() {
             wrong.push(format!("  step {step_index}: lab run reported a failure:\n{stderr}"));
+        } else if !wrong.is_empty() {
+            // What each failed probe saw (timeout, refused, error), and the
+            // lab's timings: the TSV verdict alone cannot tell them apart.
+            wrong.push(format!("  step {step_index}: the lab said:\n{stderr}"));
         }
         if !wrong.is_empty() {
             return Err(wrong.join("\n"));
