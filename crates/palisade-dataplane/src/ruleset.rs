@@ -183,7 +183,12 @@ impl Ruleset {
             None => "iifname @pod_ifaces jump from_pod".to_string(),
         };
         let mut rules = vec![
-            rule("ct state established,related accept", "replies and related ICMP of allowed connections"),
+            rule("ct state established accept", "packets of allowed connections, both ways"),
+            // `invalid` here rather than after `from_pod`: both only drop.
+            rule(
+                "ct state vmap { invalid : drop, related : jump related }",
+                "not part of any known connection; ICMP errors about one",
+            ),
             rule(&from_pod, "from a pod: its own source address, or dropped"),
         ];
         if let Some(prefix) = &opts.pod_if_prefix {
@@ -193,7 +198,6 @@ impl Ruleset {
             ));
         }
         rules.extend([
-            rule("ct state invalid drop", "not part of any known connection"),
             rule("ip saddr vmap @egress_v4", "egress policy of local pods"),
             rule("ip6 saddr vmap @egress_v6", "egress policy of local pods"),
             rule("ip daddr vmap @ingress_v4", "ingress policy of local pods"),
@@ -210,6 +214,28 @@ impl Ruleset {
             comment: "anti-spoofing: a pod sends only from its own addresses".into(),
         };
         self.chains.insert("from_pod".into(), (def, sender));
+        // A related packet (an ICMP error) carries the connection it quotes
+        // as its conntrack entry. The veth check proves who sent it, not
+        // that the sender is part of that connection: a pod could fake
+        // errors about other pods' flows (unreachable, packet too big).
+        let pod_veth = match &opts.pod_if_prefix {
+            Some(prefix) => format!("iifname \"{prefix}*\" drop"),
+            None => "iifname @pod_ifaces drop".to_string(),
+        };
+        let related = vec![
+            rule("iifname . ct original ip saddr @pod_src_v4 accept", "a pod's error about its own connection"),
+            rule("iifname . ct reply ip saddr @pod_src_v4 accept", "a pod's error about its own connection"),
+            rule("iifname . ct original ip6 saddr @pod_src_v6 accept", "a pod's error about its own connection"),
+            rule("iifname . ct reply ip6 saddr @pod_src_v6 accept", "a pod's error about its own connection"),
+            rule(&pod_veth, "a pod's error about a connection it is not part of"),
+            rule("accept", "from the network, about an allowed connection"),
+        ];
+        let def = ChainDef {
+            name: "related".into(),
+            hook: None,
+            comment: "ICMP errors: a pod reports only on its own connections".into(),
+        };
+        self.chains.insert("related".into(), (def, related));
         let hook = Hook { kind: "filter", hook: "forward", priority: "filter", policy: "accept" };
         let def = ChainDef {
             name: "forward".into(),

@@ -93,6 +93,23 @@ fn forging_scenario(manifests: &str, tag: &str) {
     receiver.send_to(b"reply", from).unwrap();
     assert_eq!(c_socket.recv_from(&mut rbuf).expect("b's reply reaches c").0, 5);
 
+    // ICMP errors about c's flow: b may report on it (it is b's flow too),
+    // a may not, though a sends from its own address and passes its veth's
+    // check. Conntrack alone marks both `related` to c's flow.
+    let quoted_from_c = (SocketAddr::new(ip(c), 40002), target);
+    let quoted_from_b = (target, SocketAddr::new(ip(c), 40002));
+    let icmp_at_c = IcmpWatch::new(&lab.topology.pod_netns(c));
+    send_port_unreachable(&lab.topology.pod_netns(b), ip(b), ip(c), quoted_from_c);
+    assert!(icmp_at_c.sees_unreachable_from(ip(b)), "b's error about its own flow with c reaches c");
+    let icmp_at_b = IcmpWatch::new(&lab.topology.pod_netns(b));
+    let own_a = plan.pods[a].ips[0];
+    for _ in 0..3 {
+        send_port_unreachable(&lab.topology.pod_netns(a), own_a, ip(b), quoted_from_b);
+    }
+    assert!(!icmp_at_b.sees_unreachable_from(own_a), "a's error about c's flow reached b");
+    c_socket.send_to(b"after the errors", target).unwrap();
+    assert_eq!(receiver.recv_from(&mut rbuf).expect("c's flow goes on").0, 16);
+
     // a claims c's address on its own interface and sends as c.
     let len = if ip(c).is_ipv4() { 32 } else { 128 };
     let nodad = if ip(c).is_ipv4() { "" } else { " nodad" };
@@ -150,6 +167,82 @@ fn forging_scenario(manifests: &str, tag: &str) {
     rider.send_to(b"injected", target).unwrap();
     let (n, from) = receiver.recv_from(&mut rbuf).expect("without the veth check, the injection rides c's flow");
     assert_eq!((&rbuf[..n], from.ip()), (&b"injected"[..], ip(c)));
+}
+
+/// The Internet checksum (RFC 1071).
+fn checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Sends, from `ns` through a raw socket bound to `from`, a "port
+/// unreachable" error to `to` quoting a UDP packet `quoted.0 -> quoted.1`,
+/// as the kernel of a host that received that packet would.
+fn send_port_unreachable(ns: &Netns, from: IpAddr, to: IpAddr, quoted: (SocketAddr, SocketAddr)) {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut udp = Vec::new();
+    udp.extend(quoted.0.port().to_be_bytes());
+    udp.extend(quoted.1.port().to_be_bytes());
+    udp.extend([0, 8, 0, 0]);
+    let (domain, protocol, message) = match (quoted.0.ip(), quoted.1.ip()) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            let mut inner = vec![0x45, 0, 0, 28, 0, 1, 0x40, 0, 64, 17, 0, 0];
+            inner.extend(src.octets());
+            inner.extend(dst.octets());
+            let sum = checksum(&inner);
+            inner[10..12].copy_from_slice(&sum.to_be_bytes());
+            let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0]; // destination unreachable, port
+            icmp.extend(inner);
+            icmp.extend(&udp);
+            let sum = checksum(&icmp);
+            icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+            (Domain::IPV4, Protocol::ICMPV4, icmp)
+        }
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            // The kernel fills in an ICMPv6 checksum on raw sockets.
+            let mut icmp = vec![1, 4, 0, 0, 0, 0, 0, 0]; // destination unreachable, port
+            icmp.extend([0x60, 0, 0, 0, 0, 8, 17, 64]);
+            icmp.extend(src.octets());
+            icmp.extend(dst.octets());
+            icmp.extend(&udp);
+            (Domain::IPV6, Protocol::ICMPV6, icmp)
+        }
+        _ => panic!("mixed families"),
+    };
+    let socket = ns.enter(|| Socket::new(domain, Type::RAW, Some(protocol))).unwrap().unwrap();
+    socket.bind(&SocketAddr::new(from, 0).into()).unwrap();
+    socket.send_to(&message, &SocketAddr::new(to, 0).into()).unwrap();
+}
+
+/// A raw ICMP socket in a pod: sees every ICMP message the pod receives.
+struct IcmpWatch(UdpSocket, bool);
+
+impl IcmpWatch {
+    fn new(ns: &Netns) -> IcmpWatch {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let v4 = ns.exec("ip", &["-6", "-o", "addr", "show", "scope", "global"], None).unwrap().trim().is_empty();
+        let (domain, protocol) = if v4 { (Domain::IPV4, Protocol::ICMPV4) } else { (Domain::IPV6, Protocol::ICMPV6) };
+        let socket: UdpSocket = ns.enter(|| Socket::new(domain, Type::RAW, Some(protocol))).unwrap().unwrap().into();
+        socket.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
+        IcmpWatch(socket, v4)
+    }
+
+    /// Whether a destination-unreachable from `from` arrives within 700 ms.
+    fn sees_unreachable_from(&self, from: IpAddr) -> bool {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, sender)) = self.0.recv_from(&mut buf) {
+            // IPv4 raw sockets return the IP header too; IPv6 ones do not.
+            let at = if self.1 { usize::from(buf[0] & 0x0f) * 4 } else { 0 };
+            let unreachable = if self.1 { 3 } else { 1 };
+            if sender.ip() == from && n > at && buf[at] == unreachable {
+                return true;
+            }
+        }
+        false
+    }
 }
 
 /// An Ethernet frame with two VLAN tags (vid 0) around an IPv4/UDP
