@@ -286,7 +286,15 @@ fn add(
         // sender check is put (back) in place, in case an earlier ADD
         // stopped between the two.
         if Path::new(&format!("/sys/class/net/{host_if}")).exists() {
-            return palisade_dataplane::sender::attach(&host_if, &ips).map_err(|e| internal("wiring the pod", e));
+            palisade_dataplane::sender::attach(&host_if, &ips).map_err(|e| internal("wiring the pod", e))?;
+            // If the earlier ADD stopped before the pod's end came up, this
+            // fails, and the link is removed for the next ADD to redo.
+            return palisade_dataplane::link::wait_until_transmitting(
+                &link.node,
+                &host_if,
+                palisade_dataplane::podnet::ACTIVATION_LIMIT,
+            )
+            .map_err(|e| internal("wiring the pod", e));
         }
         link.attach().map_err(|e| internal("wiring the pod", e))
     };

@@ -1,12 +1,18 @@
 //! Whether a network device transmits yet, read over rtnetlink.
 //!
-//! A veth end whose peer has just come up keeps the `noop` queueing
-//! discipline, which drops every packet, until the kernel's link watcher
-//! activates it. That runs later, on a work queue and under the rtnl lock,
-//! so on a busy host (namespaces being torn down hold that lock) it comes
-//! tens of milliseconds late or more. A pod that sends in that window loses
-//! its first ARP exchange and retries only a second later: its first
-//! connections fail. Wiring therefore waits until the node's end is active.
+//! A veth end whose peer has just come up drops every packet it sends
+//! until the kernel's link watcher activates it (its transmit queue keeps
+//! the `noop` qdisc until then; the root qdisc `ip link` shows is attached
+//! earlier and says nothing). The watcher runs later, on a work queue and
+//! under the rtnl lock, so on a busy host (namespaces being torn down hold
+//! that lock) it comes tens of milliseconds late or more. A pod that sends
+//! in that window loses its first ARP exchange and retries only a second
+//! later: its first connections fail. Wiring therefore waits for it.
+//!
+//! The signal is the operational state: the watcher sets it to up
+//! (RFC 2863) and activates the queues right after, in one step under
+//! rtnl. Before the watcher's first run a new device reads "unknown",
+//! which is not up.
 
 use std::io::Read;
 use std::time::{Duration, Instant};
@@ -23,23 +29,25 @@ const NLM_F_REQUEST: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_QDISC: u16 = 6;
 const IFLA_OPERSTATE: u16 = 16;
-/// RFC 2863 operational states, as the kernel numbers them.
-const IF_OPER_UNKNOWN: u8 = 0;
+const IFLA_CARRIER: u16 = 33;
+/// RFC 2863 operational state "up", as the kernel numbers it.
 const IF_OPER_UP: u8 = 6;
 
 /// What the kernel says of one device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkState {
-    /// The root queueing discipline: `noop` until the device is activated.
-    pub qdisc: String,
-    /// RFC 2863 operational state (6: up).
+    /// RFC 2863 operational state (0 unknown, 2 down, 6 up, 7 lower layer down).
     pub operstate: u8,
+    /// The peer (for a veth) is up.
+    pub carrier: bool,
+    /// The root queueing discipline (for messages only: see the module doc).
+    pub qdisc: String,
 }
 
 impl LinkState {
     /// Packets sent on the device now leave it.
     pub fn transmits(&self) -> bool {
-        self.qdisc != "noop" && matches!(self.operstate, IF_OPER_UP | IF_OPER_UNKNOWN)
+        self.operstate == IF_OPER_UP && self.carrier
     }
 }
 
@@ -47,23 +55,29 @@ fn io_error(ns: &Netns, dev: &str, source: std::io::Error) -> NetnsError {
     NetnsError::Io { what: format!("{}: reading the state of {dev}", ns.name), source }
 }
 
-/// Reads `dev`'s state in `ns`.
-pub fn state(ns: &Netns, dev: &str) -> Result<LinkState, NetnsError> {
-    let socket = ns
-        .enter(|| Socket::new(Domain::from(16 /* AF_NETLINK */), Type::RAW, Some(Protocol::from(NETLINK_ROUTE))))?
-        .map_err(|e| io_error(ns, dev, e))?;
-    query(&socket, dev).map_err(|e| io_error(ns, dev, e))
+/// A route netlink socket in `ns`: it keeps its namespace wherever it is used.
+fn route_socket(ns: &Netns, dev: &str) -> Result<Socket, NetnsError> {
+    let open = || Socket::new(Domain::from(libc::AF_NETLINK), Type::RAW, Some(Protocol::from(NETLINK_ROUTE)));
+    ns.enter(open)?.map_err(|e| io_error(ns, dev, e))
 }
 
-fn query(socket: &Socket, dev: &str) -> std::io::Result<LinkState> {
-    socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+/// Reads `dev`'s state in `ns`.
+pub fn state(ns: &Netns, dev: &str) -> Result<LinkState, NetnsError> {
+    let socket = route_socket(ns, dev)?;
+    query(&socket, dev, 1, Duration::from_secs(2)).map_err(|e| io_error(ns, dev, e))
+}
+
+/// One GETLINK for `dev` with sequence number `seq`; replies to earlier
+/// requests (answered after their caller gave up) are skipped.
+fn query(socket: &Socket, dev: &str, seq: u32, timeout: Duration) -> std::io::Result<LinkState> {
+    socket.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
     let mut name = dev.as_bytes().to_vec();
     name.push(0);
     let mut msg = Vec::with_capacity(64);
     msg.extend_from_slice(&[0; 4]); // length, patched below
     msg.extend_from_slice(&RTM_GETLINK.to_ne_bytes());
     msg.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    msg.extend_from_slice(&1u32.to_ne_bytes()); // sequence
+    msg.extend_from_slice(&seq.to_ne_bytes());
     msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
     msg.extend_from_slice(&[0; 16]); // ifinfomsg: any family, index 0 (by name)
     crate::nfnetlink::attr(&mut msg, IFLA_IFNAME, &name);
@@ -71,8 +85,13 @@ fn query(socket: &Socket, dev: &str) -> std::io::Result<LinkState> {
     msg[..4].copy_from_slice(&len.to_ne_bytes());
     socket.send(&msg)?;
     let mut buf = vec![0u8; 65536];
-    let n = (&*socket).read(&mut buf)?;
-    parse(&buf[..n])
+    loop {
+        let n = (&*socket).read(&mut buf)?;
+        let reply = &buf[..n];
+        if reply.get(8..12).is_some_and(|s| s == seq.to_ne_bytes()) {
+            return parse(reply);
+        }
+    }
 }
 
 fn invalid(what: &str) -> std::io::Error {
@@ -82,57 +101,70 @@ fn invalid(what: &str) -> std::io::Error {
 /// The reply to a GETLINK: one NEWLINK message, or an error.
 fn parse(reply: &[u8]) -> std::io::Result<LinkState> {
     let u16_at = |at: usize| reply.get(at..at + 2).map(|b| u16::from_ne_bytes([b[0], b[1]]));
-    let kind = u16_at(4).ok_or_else(|| invalid("short netlink reply"))?;
+    let u32_at = |at: usize| reply.get(at..at + 4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+    let (Some(len), Some(kind)) = (u32_at(0), u16_at(4)) else { return Err(invalid("short netlink reply")) };
+    let end = (len as usize).min(reply.len());
     if kind == NLMSG_ERROR {
-        let code = reply.get(16..20).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(-libc::EIO);
+        let code = u32_at(16).ok_or_else(|| invalid("short netlink error"))? as i32;
         return Err(std::io::Error::from_raw_os_error(-code));
     }
-    if kind != RTM_NEWLINK {
+    if kind != RTM_NEWLINK || end < 32 {
         return Err(invalid("unexpected netlink reply"));
     }
-    let end = (u32::from_ne_bytes(reply[..4].try_into().expect("4 bytes")) as usize).min(reply.len());
-    let (mut qdisc, mut operstate) = (None, None);
+    let (mut operstate, mut carrier, mut qdisc) = (None, None, String::new());
     let mut at = 32; // after nlmsghdr and ifinfomsg
-    while at + 4 <= end {
-        let len = usize::from(u16_at(at).expect("in bounds"));
-        let kind = u16_at(at + 2).expect("in bounds") & 0x3fff;
+    while let (Some(len), Some(kind)) = (u16_at(at), u16_at(at + 2)) {
+        let len = usize::from(len);
         if len < 4 || at + len > end {
             break;
         }
         let payload = &reply[at + 4..at + len];
-        match kind {
-            IFLA_QDISC => qdisc = Some(String::from_utf8_lossy(payload).trim_end_matches('\0').to_string()),
+        match kind & 0x3fff {
             IFLA_OPERSTATE => operstate = payload.first().copied(),
+            IFLA_CARRIER => carrier = payload.first().map(|c| *c != 0),
+            IFLA_QDISC => qdisc = String::from_utf8_lossy(payload).trim_end_matches('\0').to_string(),
             _ => {}
         }
         at += (len + 3) & !3;
     }
-    // A device with no queueing discipline yet reports none at all.
-    Ok(LinkState { qdisc: qdisc.unwrap_or_else(|| "noop".into()), operstate: operstate.unwrap_or(IF_OPER_UNKNOWN) })
+    match (operstate, carrier) {
+        (Some(operstate), Some(carrier)) => Ok(LinkState { operstate, carrier, qdisc }),
+        _ => Err(invalid("a link without operational state or carrier")),
+    }
 }
 
-/// Waits until `dev` in `ns` transmits, polling every millisecond; an
-/// error after `limit` (the device never became usable).
+/// Waits until `dev` in `ns` transmits; an error after `limit` (the device
+/// never became usable). Polls on one socket, every 1 ms at first and
+/// then less often, so the wait itself does not crowd the rtnl lock the
+/// link watcher needs.
 pub fn wait_until_transmitting(ns: &Netns, dev: &str, limit: Duration) -> Result<(), NetnsError> {
     let started = Instant::now();
-    loop {
-        let now = state(ns, dev)?;
-        if now.transmits() {
-            return Ok(());
+    let socket = route_socket(ns, dev)?;
+    let mut pause = Duration::from_millis(1);
+    let mut last = None;
+    for seq in 1u32.. {
+        let left = limit.saturating_sub(started.elapsed());
+        match query(&socket, dev, seq, left) {
+            Ok(now) if now.transmits() => return Ok(()),
+            Ok(now) => last = Some(now),
+            // Still busy (rtnl held): not an answer yet.
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) => return Err(io_error(ns, dev, e)),
         }
         if started.elapsed() >= limit {
-            return Err(NetnsError::Io {
-                what: format!("{}: {dev}", ns.name),
-                source: std::io::Error::other(format!(
-                    "still not transmitting after {} ms (qdisc {}, operational state {})",
-                    limit.as_millis(),
-                    now.qdisc,
-                    now.operstate
-                )),
-            });
+            break;
         }
-        std::thread::sleep(Duration::from_millis(1));
+        std::thread::sleep(pause.min(limit.saturating_sub(started.elapsed())));
+        pause = (pause * 2).min(Duration::from_millis(20));
     }
+    let seen = match last {
+        Some(s) => format!("operational state {}, carrier {}, qdisc {}", s.operstate, s.carrier, s.qdisc),
+        None => "no answer from the kernel".into(),
+    };
+    Err(NetnsError::Io {
+        what: format!("{}: {dev}", ns.name),
+        source: std::io::Error::other(format!("still not transmitting after {} ms ({seen})", limit.as_millis())),
+    })
 }
 
 #[cfg(test)]
@@ -151,15 +183,18 @@ mod tests {
     }
 
     #[test]
-    fn a_device_transmits_once_activated_and_up() {
-        let active = parse(&reply(&[(IFLA_QDISC, b"noqueue\0"), (IFLA_OPERSTATE, &[IF_OPER_UP])])).unwrap();
-        assert_eq!(active, LinkState { qdisc: "noqueue".into(), operstate: IF_OPER_UP });
-        assert!(active.transmits());
-        let waiting = parse(&reply(&[(IFLA_QDISC, b"noop\0"), (IFLA_OPERSTATE, &[IF_OPER_UP])])).unwrap();
-        assert!(!waiting.transmits(), "noop drops everything");
-        let down = parse(&reply(&[(IFLA_QDISC, b"noqueue\0"), (IFLA_OPERSTATE, &[2])])).unwrap();
-        assert!(!down.transmits(), "operationally down");
-        assert!(!parse(&reply(&[])).unwrap().transmits(), "no qdisc reported: not activated");
+    fn a_device_transmits_once_operationally_up_with_carrier() {
+        let up = parse(&reply(&[(IFLA_QDISC, b"noqueue\0"), (IFLA_OPERSTATE, &[IF_OPER_UP]), (IFLA_CARRIER, &[1])]));
+        let up = up.unwrap();
+        assert_eq!(up, LinkState { operstate: IF_OPER_UP, carrier: true, qdisc: "noqueue".into() });
+        assert!(up.transmits());
+        // What a veth end reads between its peer coming up and the link
+        // watcher's run: the root qdisc is attached, the state not yet up.
+        let unknown = parse(&reply(&[(IFLA_QDISC, b"noqueue\0"), (IFLA_OPERSTATE, &[0]), (IFLA_CARRIER, &[1])]));
+        assert!(!unknown.unwrap().transmits(), "unknown is not up");
+        let lower_down = parse(&reply(&[(IFLA_OPERSTATE, &[7]), (IFLA_CARRIER, &[0])])).unwrap();
+        assert!(!lower_down.transmits(), "peer down");
+        assert!(parse(&reply(&[(IFLA_QDISC, b"noqueue\0")])).is_err(), "no state: malformed, not a guess");
     }
 
     #[test]
@@ -170,5 +205,8 @@ mod tests {
         out[16..20].copy_from_slice(&(-libc::ENODEV).to_ne_bytes());
         assert_eq!(parse(&out).unwrap_err().raw_os_error(), Some(libc::ENODEV));
         assert!(parse(&[1, 2]).is_err());
+        let mut truncated = reply(&[(IFLA_OPERSTATE, &[IF_OPER_UP]), (IFLA_CARRIER, &[1])]);
+        truncated.truncate(20);
+        assert!(parse(&truncated).is_err());
     }
 }

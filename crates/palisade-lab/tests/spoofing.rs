@@ -93,22 +93,44 @@ fn forging_scenario(manifests: &str, tag: &str) {
     receiver.send_to(b"reply", from).unwrap();
     assert_eq!(c_socket.recv_from(&mut rbuf).expect("b's reply reaches c").0, 5);
 
-    // ICMP errors about c's flow: b may report on it (it is b's flow too),
-    // a may not, though a sends from its own address and passes its veth's
-    // check. Conntrack alone marks both `related` to c's flow.
+    // ICMP errors about c's flow (c -> b): either end may report on it, as
+    // its kernel would, to the other end; a may not, though a sends from its
+    // own address and passes its veth's check. Conntrack marks all of them
+    // `related` to c's flow (each goes to the sender of the packet it
+    // quotes, as the kernel requires).
     let quoted_from_c = (SocketAddr::new(ip(c), 40002), target);
     let quoted_from_b = (target, SocketAddr::new(ip(c), 40002));
-    let icmp_at_c = IcmpWatch::new(&lab.topology.pod_netns(c));
-    send_port_unreachable(&lab.topology.pod_netns(b), ip(b), ip(c), quoted_from_c);
-    assert!(icmp_at_c.sees_unreachable_from(ip(b)), "b's error about its own flow with c reaches c");
-    let icmp_at_b = IcmpWatch::new(&lab.topology.pod_netns(b));
+    let (b_ns, c_ns, a_ns) = (lab.topology.pod_netns(b), lab.topology.pod_netns(c), lab.topology.pod_netns(a));
+    let (icmp_at_b, icmp_at_c) = (IcmpWatch::new(&b_ns), IcmpWatch::new(&c_ns));
+    // The responder (b: the flow's reply source) reports to c.
+    send_port_unreachable(&b_ns, ip(b), ip(c), quoted_from_c);
+    assert!(icmp_at_c.sees_unreachable_from(ip(b)), "b's error about its own flow reaches c");
+    // The initiator (c: the flow's original source) reports to b.
+    send_port_unreachable(&c_ns, ip(c), ip(b), quoted_from_b);
+    assert!(icmp_at_b.sees_unreachable_from(ip(c)), "c's error about its own flow reaches b");
+    // a sends the same two errors.
     let own_a = plan.pods[a].ips[0];
     for _ in 0..3 {
-        send_port_unreachable(&lab.topology.pod_netns(a), own_a, ip(b), quoted_from_b);
+        send_port_unreachable(&a_ns, own_a, ip(c), quoted_from_c);
+        send_port_unreachable(&a_ns, own_a, ip(b), quoted_from_b);
     }
-    assert!(!icmp_at_b.sees_unreachable_from(own_a), "a's error about c's flow reached b");
+    assert!(!icmp_at_c.sees_unreachable_from(own_a), "a's error about b's and c's flow reached c");
+    assert!(!icmp_at_b.sees_unreachable_from(own_a), "a's error about b's and c's flow reached b");
     c_socket.send_to(b"after the errors", target).unwrap();
     assert_eq!(receiver.recv_from(&mut rbuf).expect("c's flow goes on").0, 16);
+    // What stops a's errors is the `related` chain, not conntrack: with an
+    // accept in front of it, the same error gets through.
+    let a_node = lab.topology.node_netns(plan.pods[a].node);
+    a_node.exec("nft", &["insert", "rule", "inet", "palisade", "related", "accept"], None).unwrap();
+    send_port_unreachable(&a_ns, own_a, ip(b), quoted_from_b);
+    assert!(
+        icmp_at_b.sees_unreachable_from(own_a),
+        "without the related chain's check, a's error is related and passes"
+    );
+    let listing = a_node.exec("nft", &["-a", "list", "chain", "inet", "palisade", "related"], None).unwrap();
+    let handle =
+        listing.lines().find(|l| l.trim().starts_with("accept # handle")).and_then(|l| l.split_whitespace().last());
+    a_node.exec("nft", &["delete", "rule", "inet", "palisade", "related", "handle", handle.unwrap()], None).unwrap();
 
     // a claims c's address on its own interface and sends as c.
     let len = if ip(c).is_ipv4() { 32 } else { 128 };
