@@ -203,14 +203,8 @@ impl NodeAgent {
         host_if: &str,
         ips: &[std::net::IpAddr],
     ) -> Result<(), palisade_dataplane::netns::NetnsError> {
-        use palisade_dataplane::sender;
-        match self.opts.netns.as_deref().map(Netns::named) {
-            Some(ns) => sender::attach_in(&ns, host_if, ips),
-            None => sender::attach(host_if, ips).map_err(|e| palisade_dataplane::netns::NetnsError::Io {
-                what: format!("the sender check on {host_if}"),
-                source: std::io::Error::other(e),
-            }),
-        }
+        let ns = Netns::named(self.opts.netns.as_deref().unwrap_or("/proc/thread-self/ns/net"));
+        palisade_dataplane::sender::attach_in(&ns, host_if, ips)
     }
 
     pub fn engine(&self) -> &Engine {
