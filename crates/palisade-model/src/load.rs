@@ -290,6 +290,8 @@ fn parse_document(doc: Doc, location: Location, out: &mut Manifests) {
         Some(h) => h,
         None => match as_value(&doc) {
             Err(reason) => return out.problems.push(Problem::Syntax { file: location.to_string(), reason }),
+            // An empty or `null` document is skipped, as kubectl skips it.
+            Ok(Value::Null) => return,
             Ok(v) if !v.is_object() => {
                 return out
                     .problems
@@ -305,8 +307,15 @@ fn parse_document(doc: Doc, location: Location, out: &mut Manifests) {
         match as_value(&doc) {
             Ok(Value::Object(mut map)) => {
                 if let Some(Value::Array(items)) = map.remove("items") {
-                    for (j, item) in items.into_iter().enumerate() {
+                    // A typed list (`PodList`, as the API server returns it)
+                    // leaves `kind` and `apiVersion` off its items.
+                    let item_kind = kind.strip_suffix("List").filter(|k| !k.is_empty());
+                    for (j, mut item) in items.into_iter().enumerate() {
                         let location = Location { item: Some(j), ..location.clone() };
+                        if let (Some(k), Value::Object(fields)) = (item_kind, &mut item) {
+                            fields.entry("kind").or_insert_with(|| Value::from(k));
+                            fields.entry("apiVersion").or_insert_with(|| Value::from(api_version.as_str()));
+                        }
                         parse_document(Doc::Json(item), location, out);
                     }
                     return;

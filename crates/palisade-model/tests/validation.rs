@@ -221,6 +221,47 @@ fn lists_and_json_are_read() {
     );
 }
 
+/// Regression: items of a typed list (`PodList`, as `kubectl get --raw`
+/// and client-go return it) carry no `kind`; every one was refused.
+#[test]
+fn typed_list_items_take_kind_and_api_version_from_the_list() {
+    let lists = r#"{"kind": "NamespaceList", "apiVersion": "v1", "metadata": {"resourceVersion": "7"},
+        "items": [{"metadata": {"name": "a", "labels": {"team": "x"}}}]}
+{"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "7"},
+        "items": [{"metadata": {"name": "p", "namespace": "a", "labels": {"app": "web"}}, "status": {"podIP": "10.0.0.1"}}]}
+{"kind": "DeploymentList", "apiVersion": "apps/v1", "metadata": {},
+        "items": [{"metadata": {"name": "d", "namespace": "a"}, "spec": {"selector": {}, "template": {"metadata": {"labels": {"app": "d"}}}}}]}
+{"kind": "NetworkPolicyList", "apiVersion": "networking.k8s.io/v1", "metadata": {},
+        "items": [{"metadata": {"name": "deny", "namespace": "a"}, "spec": {"podSelector": {}}}]}"#;
+    let m = parse_sources(&[Source { name: "dump.json".into(), text: lists.into() }]);
+    assert!(m.problems.is_empty(), "{:?}", m.problems);
+    let (c, assembled, _) = Cluster::from_manifests(m);
+    assert!(assembled.is_empty(), "{assembled:?}");
+    assert_eq!(c.namespaces["a"].labels.get("team").map(String::as_str), Some("x"));
+    let keys: Vec<String> = c.endpoints.iter().map(|e| e.key.to_string()).collect();
+    assert_eq!(keys, ["a/d[Deployment]", "a/p"]);
+    assert_eq!(c.policies.len(), 1);
+    // An item's own kind wins; a wrong apiVersion in the list is still an error.
+    let wrong = r#"{"kind": "PodList", "apiVersion": "apps/v1", "items": [{"metadata": {"name": "p", "namespace": "a"}}]}"#;
+    assert_eq!(
+        problems(wrong),
+        ["in.yaml (document 1, item 0): Pod a/p: apiVersion: \"apps/v1\": Pod is read as v1"]
+    );
+}
+
+/// Empty and `null` documents are skipped, as kubectl skips them.
+#[test]
+fn empty_and_null_documents_are_skipped() {
+    let yaml = "---\n---\n# only a comment\n---\nnull\n---\n~\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\n";
+    let m = parse_sources(&[Source { name: "in.yaml".into(), text: yaml.into() }]);
+    assert!(m.problems.is_empty(), "{:?}", m.problems);
+    assert_eq!(m.objects.len(), 1);
+    let json = "null\n{\"apiVersion\": \"v1\", \"kind\": \"List\", \"items\": [null]}\n";
+    let m = parse_sources(&[Source { name: "in.json".into(), text: json.into() }]);
+    assert!(m.problems.is_empty(), "{:?}", m.problems);
+    assert!(m.objects.is_empty());
+}
+
 #[test]
 fn plain_scalars_read_as_kubectl_reads_them() {
     // `y` and `2` in string fields are strings, as with kubectl (YAML 1.1 would say true).
