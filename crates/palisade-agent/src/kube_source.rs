@@ -130,22 +130,10 @@ impl KubeSource {
         add(&mut out, &self.namespaces);
         add(&mut out, &self.nodes);
         add(&mut out, &self.policies);
-        let mut pods = Vec::new();
-        add(&mut pods, &self.pods);
-        for (name, mut pod) in pods {
-            // A pod that has terminated holds no address (it may already
-            // be someone else's): policies neither select nor allow it.
-            let phase = pod["status"]["phase"].as_str().unwrap_or("");
-            if phase == "Succeeded" || phase == "Failed" {
-                continue;
-            }
-            // The node sees pods, not workloads: each is its own endpoint
-            // (the CNI plugin confirms pods by name).
-            if let Some(meta) = pod["metadata"].as_object_mut() {
-                meta.remove("ownerReferences");
-            }
-            out.push((name, pod));
-        }
+        // Finished pods (Succeeded, Failed) are left out by the model's
+        // reader, and `per_pod` makes each pod its own endpoint, as for
+        // every source.
+        add(&mut out, &self.pods);
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
@@ -164,7 +152,7 @@ impl Source for KubeSource {
             return Ok(None);
         }
         self.seen = Some(generation);
-        let (cluster, problems, _) = Cluster::from_manifests(parse_values(self.objects()));
+        let (cluster, problems, _) = Cluster::from_manifests(parse_values(self.objects()).per_pod());
         if !problems.is_empty() {
             let text: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
             return Err(SourceError::InvalidObjects { count: problems.len(), problems: text.join("\n") });
@@ -194,8 +182,8 @@ pub async fn client(context: Option<&str>) -> Result<Client, String> {
 
 /// One read of the cluster (a list of each kind) for the analysis tools:
 /// objects as the API server returns them, pods still grouped into their
-/// workloads, as manifests from a repository are. Terminated pods are
-/// left out.
+/// workloads, as manifests from a repository are. The model's reader
+/// leaves finished pods out.
 pub async fn list_objects(client: Client) -> Result<Vec<(String, Value)>, kube::Error> {
     use kube::api::ListParams;
     async fn all<K>(client: &Client, out: &mut Vec<(String, Value)>) -> Result<(), kube::Error>
@@ -215,10 +203,6 @@ pub async fn list_objects(client: Client) -> Result<Vec<(String, Value)>, kube::
             // List items carry no kind; the readers dispatch on it.
             value["kind"] = Value::from(kind.as_ref());
             value["apiVersion"] = Value::from(api_version.as_ref());
-            let phase = value["status"]["phase"].as_str().unwrap_or("");
-            if phase == "Succeeded" || phase == "Failed" {
-                continue;
-            }
             out.push((name, value));
         }
         Ok(())

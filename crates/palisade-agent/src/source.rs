@@ -27,7 +27,7 @@ pub enum Update {
     Full(Cluster),
     /// Objects added or changed, and removed. Only objects that stand for
     /// themselves in a [`Cluster`] (namespaces, nodes, services, policies,
-    /// pods that are not replicas of a workload), so applying them one by
+    /// pods: not workloads' templates), so applying them one by
     /// one gives the cluster a full read would.
     Objects {
         upserts: Vec<Object>,
@@ -148,8 +148,8 @@ impl DirSource {
     }
 }
 
-/// An object that is itself in a [`Cluster`]: not a workload, not a pod
-/// that `assemble` merges into one.
+/// An object that is itself in a [`Cluster`]: anything but a workload's
+/// template (on a node, every pod is its own endpoint: `per_pod`).
 fn plain(object: &Object) -> bool {
     !matches!(object, Object::Endpoint(ep) if ep.key.kind.is_some())
 }
@@ -181,7 +181,7 @@ impl Source for DirSource {
             match std::fs::read_to_string(path) {
                 Ok(text) => {
                     let text_hash = fnv(text.bytes(), FNV_START);
-                    let manifests = parse_sources(&[palisade_model::Source { name, text }]);
+                    let manifests = parse_sources(&[palisade_model::Source { name, text }]).per_pod();
                     fresh.insert(path.clone(), ParsedFile { id: *id, text_hash, manifests });
                 }
                 Err(e) => problems.push(Problem::Read { file: name, reason: e.to_string() }),
@@ -297,10 +297,16 @@ mod tests {
         assert_eq!(deletes.iter().map(|r| r.to_string()).collect::<Vec<_>>(), ["Pod x/a"]);
         assert_eq!(source.digest().unwrap(), digest_dir(&dir));
 
-        // A workload replica is not plain: the whole state again.
+        // A workload's replica is a pod like any other on a node: just that object.
         let replica = "apiVersion: v1\nkind: Pod\nmetadata: {name: w-1, namespace: x, ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: w-7d, uid: u, controller: true}]}\nspec: {containers: [{name: c, image: i}]}\n";
         std::fs::write(dir.join("c.yaml"), replica).unwrap();
-        assert_eq!(full(source.poll().unwrap()).endpoints.len(), 3);
+        let Some(Update::Objects { upserts, .. }) = source.poll().unwrap() else { panic!("not incremental") };
+        assert!(matches!(&upserts[..], [Object::Endpoint(ep)] if ep.key.to_string() == "x/w-1"), "{upserts:?}");
+
+        // A workload (a template, not a pod) is not plain: the whole state again.
+        let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: w, namespace: x}\nspec: {selector: {}, template: {metadata: {labels: {app: w}}}}\n";
+        std::fs::write(dir.join("e.yaml"), deployment).unwrap();
+        assert_eq!(full(source.poll().unwrap()).endpoints.len(), 4);
 
         // A directory that cannot be read is refused, not read as empty.
         let gone = dir.join("gone");

@@ -250,3 +250,55 @@ fn replays_lists_watches_bookmarks_and_gone() {
         assert!(!uri.contains("labelSelector") || uri.contains("watch"), "plain list/watch calls only: {uri}");
     }
 }
+
+/// One view of a cluster, whatever the source: the same objects listed by
+/// the API server and written as files give the agent the same endpoints
+/// (each pod itself, whatever owns it; finished pods left out), policies,
+/// namespaces and nodes.
+#[test]
+fn the_kube_and_dir_sources_give_the_same_cluster_for_the_same_objects() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let (client, api, _) = fake_api_server(&runtime);
+    let mut source = KubeSource::start_on(client, runtime.handle());
+    let owner = |kind: &str, name: &str| json!({"ownerReferences": [{"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": "o", "controller": true}]});
+    let mut host = pod("kube-apiserver-n1", json!({"component": "apiserver"}), "192.168.0.1", owner("Node", "n1"));
+    host["spec"]["hostNetwork"] = json!(true);
+    let mut done = pod("job-x", json!({"app": "a"}), "10.1.0.9", owner("Job", "job"));
+    done["status"]["phase"] = json!("Failed");
+    let pods = vec![
+        pod("a-1", json!({"app": "a", "v": "1"}), "10.1.0.1", owner("ReplicaSet", "a-7d9")),
+        pod("a-2", json!({"app": "a", "v": "2"}), "10.1.0.2", owner("ReplicaSet", "a-7d9")),
+        pod("b", json!({"app": "b"}), "10.1.0.3", json!({})),
+        host,
+        done,
+    ];
+    let namespaces = vec![json!({"metadata": {"name": "x", "labels": {"team": "t"}}})];
+    let nodes = vec![json!({"metadata": {"name": "n1"}, "spec": {"podCIDR": "10.1.0.0/24"}})];
+    api.send(list(Kind::Pods, "PodList", "10", pods.clone())).unwrap();
+    api.send(list(Kind::Namespaces, "NamespaceList", "10", namespaces.clone())).unwrap();
+    api.send(list(Kind::Policies, "NetworkPolicyList", "10", vec![policy("np")])).unwrap();
+    api.send(list(Kind::Nodes, "NodeList", "10", nodes.clone())).unwrap();
+    let live = wait_for(&mut source, "the initial lists", |c| c.endpoints.len() == 4);
+
+    let dir = std::env::temp_dir().join(format!("palisade-same-view-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let objects: Vec<Value> = pods
+        .into_iter()
+        .map(|p| with_kind(p, "Pod"))
+        .chain(namespaces.into_iter().map(|n| with_kind(n, "Namespace")))
+        .chain(nodes.into_iter().map(|n| with_kind(n, "Node")))
+        .chain([with_kind(policy("np"), "NetworkPolicy")])
+        .collect();
+    let text: String = objects.iter().map(|o| format!("---\n{o}\n")).collect();
+    std::fs::write(dir.join("cluster.yaml"), text).unwrap();
+    let files = match palisade_agent::source::DirSource::new(&dir).poll() {
+        Ok(Some(Update::Full(c))) => c,
+        other => panic!("the dir source's first read: {other:?}"),
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(pods_of(&live), ["x/a-1", "x/a-2", "x/b", "x/kube-apiserver-n1"]);
+    assert_eq!(live.endpoints, files.endpoints);
+    assert_eq!(live.policies, files.policies);
+    assert_eq!(live.namespaces, files.namespaces);
+    assert_eq!(live.nodes, files.nodes);
+}

@@ -231,6 +231,7 @@ fn regression_named_port_declared_twice_by_merged_replicas() {
         ports,
         host_network: false,
         node: None,
+        pods: vec![name.to_string()],
     };
     let c = Cluster {
         namespaces,

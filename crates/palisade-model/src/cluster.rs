@@ -8,11 +8,13 @@ use crate::field::{FieldError, FieldPath};
 use crate::load::{Located, Manifests, Object, ObjectRef, Problem};
 use crate::objects::{Namespace, Node, Service};
 use crate::policy::NetworkPolicy;
+use crate::replicas::{self, Read};
 
 #[derive(Debug, Clone, Default)]
 pub struct Cluster {
     pub namespaces: BTreeMap<String, Namespace>,
-    /// Sorted by key; replicas of one workload merged into one endpoint.
+    /// Sorted by key; replicas of one workload that agree on what policy
+    /// sees merged into one endpoint.
     pub endpoints: Vec<Endpoint>,
     /// Sorted by namespace and name.
     pub policies: Vec<NetworkPolicy>,
@@ -26,13 +28,14 @@ pub struct Notice(pub String);
 
 impl Cluster {
     /// Joins parsed objects. An object declared twice is a problem (the
-    /// first declaration stays); replicas of a workload are merged.
+    /// first declaration stays); replicas of a workload are merged where
+    /// they agree (see `replicas.rs`).
     pub fn assemble(objects: Vec<Located>) -> (Cluster, Vec<Problem>, Vec<Notice>) {
         let mut problems = Vec::new();
         let mut notices = Vec::new();
         let mut seen: HashMap<ObjectRef, crate::load::Location> = HashMap::new();
         let mut cluster = Cluster::default();
-        let mut endpoints: BTreeMap<EndpointKey, Endpoint> = BTreeMap::new();
+        let mut endpoints: BTreeMap<EndpointKey, Vec<Read>> = BTreeMap::new();
         for located in objects {
             if let Some(first) = seen.get(&located.object_ref) {
                 problems.push(Problem::Invalid {
@@ -50,34 +53,21 @@ impl Cluster {
                 Object::Namespace(ns) => {
                     cluster.namespaces.insert(ns.name.clone(), ns);
                 }
-                Object::Endpoint(ep) => match endpoints.get_mut(&ep.key) {
-                    None => {
-                        endpoints.insert(ep.key.clone(), ep);
-                    }
-                    Some(existing) => {
-                        if existing.labels != ep.labels {
-                            notices.push(Notice(format!(
-                                "{}: {} has labels that differ from other replicas of {}; the first seen are used",
-                                located.location, located.object_ref, ep.key
-                            )));
-                        }
-                        existing.ips.extend(ep.ips);
-                        existing.ips.sort();
-                        existing.ips.dedup();
-                        existing.ports.extend(ep.ports);
-                        existing.ports.sort();
-                        existing.ports.dedup();
-                        if existing.node.is_none() {
-                            existing.node = ep.node;
-                        }
-                    }
-                },
+                Object::Endpoint(ep) => {
+                    let top_level = ep.key.kind.as_deref() == Some(located.object_ref.kind.as_str());
+                    endpoints.entry(ep.key.clone()).or_default().push(Read { endpoint: ep, top_level });
+                }
                 Object::NetworkPolicy(p) => cluster.policies.push(p),
                 Object::Node(n) => cluster.nodes.push(n),
                 Object::Service(s) => cluster.services.push(s),
             }
         }
-        cluster.endpoints = endpoints.into_values().collect();
+        for (key, reads) in endpoints {
+            let (eps, notice) = replicas::endpoints(&key, reads);
+            cluster.endpoints.extend(eps);
+            notices.extend(notice.map(Notice));
+        }
+        cluster.endpoints.sort_by(|a, b| a.key.cmp(&b.key));
         cluster.policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         let used = cluster
             .endpoints

@@ -3,7 +3,8 @@
 //! A Pod is an endpoint; so is a workload (Deployment, StatefulSet, ...),
 //! whose labels and ports come from its pod template, because manifests in
 //! a repository describe workloads, not pods. A Pod with a controlling owner
-//! is shown as that owner, so the replicas of a workload are one endpoint.
+//! is shown as that owner, so the replicas of a workload are one endpoint,
+//! unless they differ in what policy sees (see `replicas.rs`).
 
 use std::fmt;
 use std::net::IpAddr;
@@ -18,18 +19,28 @@ use crate::names;
 use crate::policy::Protocol;
 
 /// The stable name of an endpoint: `namespace/name` for a Pod,
-/// `namespace/name[Kind]` for a workload (np-guard's convention).
+/// `namespace/name[Kind]` for a workload (np-guard's convention), and
+/// `namespace/name[Kind:version=v2]` for the pods of a workload that differ
+/// from its other pods in what policy sees (here, the label `version`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct EndpointKey {
     pub namespace: String,
     pub name: String,
     /// `None` for a Pod; the workload kind otherwise.
     pub kind: Option<String>,
+    /// What sets these pods of the workload apart from its other pods:
+    /// `key=value` or `!key` items joined by `,`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
 }
 
 impl EndpointKey {
     pub fn pod(namespace: &str, name: &str) -> Self {
-        EndpointKey { namespace: namespace.into(), name: name.into(), kind: None }
+        EndpointKey { namespace: namespace.into(), name: name.into(), kind: None, variant: None }
+    }
+
+    pub fn workload(namespace: &str, name: &str, kind: &str) -> Self {
+        EndpointKey { namespace: namespace.into(), name: name.into(), kind: Some(kind.into()), variant: None }
     }
 
     /// Parses the display form; a missing namespace means `default`.
@@ -37,7 +48,11 @@ impl EndpointKey {
         let (namespace, rest) = s.split_once('/').unwrap_or(("default", s));
         match rest.strip_suffix(']').and_then(|r| r.split_once('[')) {
             Some((name, kind)) => {
-                EndpointKey { namespace: namespace.into(), name: name.into(), kind: Some(kind.into()) }
+                let (kind, variant) = match kind.split_once(':') {
+                    Some((k, v)) => (k, Some(v.to_string())),
+                    None => (kind, None),
+                };
+                EndpointKey { variant, ..EndpointKey::workload(namespace, name, kind) }
             }
             None => EndpointKey::pod(namespace, rest),
         }
@@ -46,9 +61,10 @@ impl EndpointKey {
 
 impl fmt::Display for EndpointKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.kind {
-            None => write!(f, "{}/{}", self.namespace, self.name),
-            Some(kind) => write!(f, "{}/{}[{kind}]", self.namespace, self.name),
+        match (&self.kind, &self.variant) {
+            (None, _) => write!(f, "{}/{}", self.namespace, self.name),
+            (Some(kind), None) => write!(f, "{}/{}[{kind}]", self.namespace, self.name),
+            (Some(kind), Some(v)) => write!(f, "{}/{}[{kind}:{v}]", self.namespace, self.name),
         }
     }
 }
@@ -72,19 +88,25 @@ pub struct Endpoint {
     /// hostNetwork pods share the node's address: policies do not select them.
     pub host_network: bool,
     pub node: Option<String>,
+    /// The Pods this endpoint stands for, by name (sorted); empty for a
+    /// workload read from its template.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<String>,
 }
 
 /// The kinds read as workloads, with where their pod template lives.
 pub const WORKLOAD_KINDS: &[&str] =
     &["Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "ReplicationController", "Job", "CronJob"];
 
-/// The endpoint a Pod belongs to: its controller, or itself.
+/// The endpoint a Pod belongs to: its controller, or itself. A static pod
+/// (mirrored by the kubelet, its controller the `Node`) is itself: the
+/// kube-apiserver and etcd of each node are separate pods.
 pub fn pod_endpoint_key(meta: &meta::ObjectMeta, namespace: &str) -> EndpointKey {
     let name = meta.name.clone().unwrap_or_default();
     let owner = meta.owner_references.iter().flatten().find(|o| o.controller == Some(true));
     match owner {
-        None => EndpointKey::pod(namespace, &name),
-        Some(o) => owner_key(namespace, &o.kind, &o.name, meta.labels.as_ref()),
+        Some(o) if o.kind != "Node" => owner_key(namespace, &o.kind, &o.name, meta.labels.as_ref()),
+        _ => EndpointKey::pod(namespace, &name),
     }
 }
 
@@ -98,14 +120,10 @@ fn owner_key(
     if kind == "ReplicaSet" {
         let hash = labels.and_then(|l| l.get("pod-template-hash"));
         if let Some(deployment) = hash.and_then(|h| name.strip_suffix(h.as_str())).and_then(|d| d.strip_suffix('-')) {
-            return EndpointKey {
-                namespace: namespace.into(),
-                name: deployment.into(),
-                kind: Some("Deployment".into()),
-            };
+            return EndpointKey::workload(namespace, deployment, "Deployment");
         }
     }
-    EndpointKey { namespace: namespace.into(), name: name.into(), kind: Some(kind.into()) }
+    EndpointKey::workload(namespace, name, kind)
 }
 
 /// Reads a Pod. `namespace` is already defaulted.
@@ -137,6 +155,7 @@ pub fn parse_pod(pod: &core::Pod, namespace: &str, errors: &mut FieldErrors) -> 
         ports,
         host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
         node: spec.and_then(|s| s.node_name.clone()),
+        pods: vec![pod.metadata.name.clone().unwrap_or_default()],
     }
 }
 
@@ -153,7 +172,7 @@ pub fn parse_workload(
     let owner = meta.owner_references.iter().flatten().find(|o| o.controller == Some(true));
     let key = match owner {
         Some(o) => owner_key(namespace, &o.kind, &o.name, meta.labels.as_ref()),
-        None => EndpointKey { namespace: namespace.into(), name, kind: Some(kind.into()) },
+        None => EndpointKey::workload(namespace, &name, kind),
     };
     let (labels, ports, host_network) = match template {
         None => {
@@ -169,7 +188,7 @@ pub fn parse_workload(
             (labels, ports, spec.and_then(|s| s.host_network).unwrap_or(false))
         }
     };
-    Endpoint { key, labels, ips: Vec::new(), ports, host_network, node: None }
+    Endpoint { key, labels, ips: Vec::new(), ports, host_network, node: None, pods: Vec::new() }
 }
 
 fn labels_of(meta: &meta::ObjectMeta, path: &FieldPath, errors: &mut FieldErrors) -> Labels {
@@ -229,7 +248,7 @@ mod tests {
 
     #[test]
     fn key_round_trips_through_display() {
-        for s in ["shop/web", "shop/web[Deployment]"] {
+        for s in ["shop/web", "shop/web[Deployment]", "shop/web[Deployment:version=v2,!canary]"] {
             assert_eq!(EndpointKey::parse(s).to_string(), s);
         }
         assert_eq!(EndpointKey::parse("web").to_string(), "default/web");

@@ -15,6 +15,7 @@ pub mod names;
 pub mod objects;
 pub mod policy;
 pub mod render;
+mod replicas;
 
 pub use cluster::{Cluster, Notice};
 pub use endpoint::{ContainerPort, Endpoint, EndpointKey};

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::endpoint::{self, Endpoint};
+use crate::endpoint::{self, Endpoint, EndpointKey};
 use crate::field::{FieldError, FieldErrors, FieldPath};
 use crate::names;
 use crate::objects::{Namespace, Node, Service};
@@ -103,6 +103,28 @@ pub struct Manifests {
     pub problems: Vec<Problem>,
     /// Kinds we do not read, with how many objects of each were skipped.
     pub skipped: BTreeMap<String, usize>,
+    /// Pods that have finished (phase Succeeded or Failed), left out: they
+    /// hold no address (it may already be another pod's), so policies
+    /// neither select nor allow them. Every source reads them this way.
+    pub finished_pods: usize,
+}
+
+impl Manifests {
+    /// A node's view: every Pod is its own endpoint (`ns/name`), whatever
+    /// owns it, as the CNI plugin wires and the agent confirms pods one by
+    /// one. The analysis tools keep replicas grouped into their workload.
+    pub fn per_pod(mut self) -> Self {
+        for located in &mut self.objects {
+            if let Object::Endpoint(ep) = &mut located.object {
+                if let [pod] = ep.pods.as_slice() {
+                    if located.object_ref.kind == "Pod" {
+                        ep.key = EndpointKey::pod(&ep.key.namespace, pod);
+                    }
+                }
+            }
+        }
+        self
+    }
 }
 
 /// Reads paths: `-` is stdin; directories are walked recursively in name
@@ -336,6 +358,7 @@ fn parse_document(doc: Doc, location: Location, out: &mut Manifests) {
         name: String::new(),
         namespace: "default".into(),
         untyped: None,
+        finished: false,
     };
     if !reader.api_versions.contains(&api_version.as_str()) {
         ctx.errors.push(
@@ -350,6 +373,10 @@ fn parse_document(doc: Doc, location: Location, out: &mut Manifests) {
         ctx.untyped = as_value(&doc).ok();
         None
     };
+    if ctx.finished {
+        out.finished_pods += 1;
+        return;
+    }
     if object.is_none() && ctx.name.is_empty() {
         // The object did not parse: name it from the untyped reading if we can.
         if let Some(v) = ctx.untyped.take() {
@@ -376,6 +403,8 @@ struct Ctx {
     namespace: String,
     /// The untyped reading, kept when the typed one failed.
     untyped: Option<Value>,
+    /// A Pod that has finished: left out, not an error.
+    finished: bool,
 }
 
 impl Ctx {
@@ -488,6 +517,11 @@ static READERS: &[Reader] = &[
         namespaced: true,
         read: |doc, ctx| {
             let pod: core::Pod = typed(doc, ctx)?;
+            let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+            if matches!(phase, Some("Succeeded" | "Failed")) {
+                ctx.finished = true;
+                return None;
+            }
             let ns = ctx.identify(&pod.metadata);
             Some(Object::Endpoint(endpoint::parse_pod(&pod, &ns, &mut ctx.errors)))
         },

@@ -242,11 +242,9 @@ fn typed_list_items_take_kind_and_api_version_from_the_list() {
     assert_eq!(keys, ["a/d[Deployment]", "a/p"]);
     assert_eq!(c.policies.len(), 1);
     // An item's own kind wins; a wrong apiVersion in the list is still an error.
-    let wrong = r#"{"kind": "PodList", "apiVersion": "apps/v1", "items": [{"metadata": {"name": "p", "namespace": "a"}}]}"#;
-    assert_eq!(
-        problems(wrong),
-        ["in.yaml (document 1, item 0): Pod a/p: apiVersion: \"apps/v1\": Pod is read as v1"]
-    );
+    let wrong =
+        r#"{"kind": "PodList", "apiVersion": "apps/v1", "items": [{"metadata": {"name": "p", "namespace": "a"}}]}"#;
+    assert_eq!(problems(wrong), ["in.yaml (document 1, item 0): Pod a/p: apiVersion: \"apps/v1\": Pod is read as v1"]);
 }
 
 /// Empty and `null` documents are skipped, as kubectl skips them.

@@ -128,6 +128,7 @@ pub fn endpoint(i: usize) -> impl Strategy<Value = Endpoint> {
                 .collect(),
             host_network,
             node: node.map(|n| format!("node-{n}")),
+            pods: vec![format!("e{i}")],
         })
 }
 

@@ -106,6 +106,12 @@ fn assemble(
     ui: &Ui,
 ) -> Result<Cluster, Failure> {
     let skipped = manifests.skipped.clone();
+    if manifests.finished_pods > 0 {
+        ui.note(&format!(
+            "left out {} finished pod(s) (phase Succeeded or Failed): they hold no address",
+            manifests.finished_pods
+        ));
+    }
     let (cluster, more, notices) = Cluster::from_manifests(manifests);
     problems.extend(more);
     for n in &notices {
@@ -155,8 +161,11 @@ pub fn parse_probe(s: &str) -> Result<(palisade_model::Protocol, u16), Failure> 
     Ok((protocol, port))
 }
 
-/// Does an endpoint key match a filter: exact key, `ns/*`, `*/name` or `*`.
-pub fn key_matches(pattern: &str, key: &palisade_model::EndpointKey) -> bool {
+/// Does an endpoint match a filter: its key, `ns/*`, `*/name` or `*`; a
+/// workload's `ns/name[Kind]` also names all its variants, and `ns/pod`
+/// names the endpoint that pod is part of.
+pub fn endpoint_matches(pattern: &str, endpoint: &palisade_model::Endpoint) -> bool {
+    let key = &endpoint.key;
     if pattern == "*" {
         return true;
     }
@@ -166,11 +175,18 @@ pub fn key_matches(pattern: &str, key: &palisade_model::EndpointKey) -> bool {
     }
     match pattern.split_once('/') {
         Some((ns, "*")) => key.namespace == ns,
-        Some(("*", name)) => name == key.name || shown.split_once('/').is_some_and(|(_, n)| n == name),
-        // `ns/name` also names a workload `ns/name[Kind]`.
+        Some(("*", name)) => {
+            name == key.name
+                || shown.split_once('/').is_some_and(|(_, n)| n == name)
+                || endpoint.pods.iter().any(|p| p == name)
+        }
         _ => {
             let p = palisade_model::EndpointKey::parse(pattern);
-            p.namespace == key.namespace && p.name == key.name && (p.kind.is_none() || p.kind == key.kind)
+            p.namespace == key.namespace
+                && ((p.name == key.name
+                    && (p.kind.is_none() || p.kind == key.kind)
+                    && (p.variant.is_none() || p.variant == key.variant))
+                    || (p.kind.is_none() && endpoint.pods.contains(&p.name)))
         }
     }
 }

@@ -8,7 +8,7 @@ use palisade_engine::{Engine, Flow, FlowEnd, Matrix, SideVerdict};
 use serde_json::json;
 
 use crate::cli::{AnalyzeArgs, AnalyzeFormat};
-use crate::input::{key_matches, load_input, parse_probe, Failure, Ui};
+use crate::input::{endpoint_matches, load_input, parse_probe, Failure, Ui};
 use crate::output::{self, Names};
 
 pub fn run(args: &AnalyzeArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
@@ -17,7 +17,7 @@ pub fn run(args: &AnalyzeArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
     let matrix = Matrix::compute(&engine);
     let names = Names::new(&engine, &matrix);
     let keep = |patterns: &[String], i: usize| {
-        patterns.is_empty() || patterns.iter().any(|p| key_matches(p, &engine.endpoint(matrix.endpoints[i]).key))
+        patterns.is_empty() || patterns.iter().any(|p| endpoint_matches(p, engine.endpoint(matrix.endpoints[i])))
     };
     let n = matrix.endpoints.len();
     let sources: Vec<usize> = (0..n).filter(|&i| keep(&args.from, i)).collect();

@@ -179,6 +179,7 @@ fn phantoms(n: usize) -> Vec<Endpoint> {
             ports: vec![],
             host_network: false,
             node: Some("elsewhere".into()),
+            pods: vec![format!("phantom-{i}")],
         })
         .collect()
 }

@@ -22,10 +22,18 @@ fn resolve(engine: &Engine, s: &str) -> Result<FlowEnd, Failure> {
     if let Some(id) = engine.endpoint_id(&key) {
         return Ok(FlowEnd::Endpoint(id));
     }
-    // `ns/name` also finds a workload `ns/name[Kind]` when only one has that name.
+    // `ns/name` also finds a workload `ns/name[Kind]` when only one has
+    // that name, and the endpoint a pod `ns/name` is part of;
+    // `ns/name[Kind]` finds the one variant of a workload.
     let candidates: Vec<_> = engine
         .endpoints()
-        .filter(|(_, e)| key.kind.is_none() && e.key.namespace == key.namespace && e.key.name == key.name)
+        .filter(|(_, e)| {
+            e.key.namespace == key.namespace
+                && match &key.kind {
+                    None => e.key.name == key.name || e.pods.contains(&key.name),
+                    Some(kind) => e.key.name == key.name && e.key.kind.as_ref() == Some(kind) && key.variant.is_none(),
+                }
+        })
         .map(|(id, _)| id)
         .collect();
     match candidates.as_slice() {
