@@ -13,6 +13,7 @@ pub mod connset;
 pub mod diff;
 pub mod engine;
 pub mod explain;
+pub mod external;
 pub mod identity;
 pub mod lint;
 pub mod matrix;
@@ -27,6 +28,7 @@ pub use engine::{
     RuleOrigin,
 };
 pub use explain::Explanation;
+pub use external::ExternalRange;
 pub use identity::{Identity, IdentityId};
 pub use matrix::{GroupRow, Matrix};
 pub use selector::SelectorId;

@@ -5,7 +5,7 @@
 //! class; the matrix is computed once per pair of classes. A cluster of
 //! 10,000 pods in 1,000 workloads costs a million cells, not a hundred million.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use std::sync::Arc;
 
@@ -15,12 +15,17 @@ use crate::bitset::BitSet;
 use crate::connset::ConnSet;
 use crate::engine::PeerMatch;
 use crate::engine::{EndpointId, Engine};
+use crate::external::{external_ranges, ExternalRange};
 use crate::identity::IdentityId;
 use crate::verdict::FlowEnd;
 
 pub struct Matrix {
     /// All endpoints, sorted by key: the order of rows in every output.
+    /// Indexes past them are the outside world's ranges (`externals`).
     pub endpoints: Vec<EndpointId>,
+    /// Addresses outside the cluster, cut by every ipBlock into ranges no
+    /// policy can tell apart: index `endpoints.len() + k` is `externals[k]`.
+    pub externals: Vec<ExternalRange>,
     class_of: Vec<u32>,
     /// Endpoint indexes (into `endpoints`) of each class.
     pub classes: Vec<Vec<usize>>,
@@ -64,8 +69,20 @@ impl Matrix {
             classes[c as usize].push(i);
             class_of.push(c);
         }
+        let endpoint_classes = classes.len();
+        let endpoint_ips: HashSet<std::net::IpAddr> =
+            engine.endpoints().flat_map(|(_, e)| e.ips.iter().copied()).collect();
+        let externals = external_ranges(&blocks, &endpoint_ips);
+        for k in 0..externals.len() {
+            class_of.push(classes.len() as u32);
+            classes.push(vec![endpoints.len() + k]);
+        }
+        let end = |i: usize| match endpoints.get(i) {
+            Some(&id) => FlowEnd::Endpoint(id),
+            None => FlowEnd::Address(externals[i - endpoints.len()].representative),
+        };
         let n = classes.len();
-        let candidates = PeerCandidates::new(engine, &endpoints, &classes, &blocks);
+        let candidates = PeerCandidates::new(engine, &end, &classes, &blocks);
         let mut interned: HashMap<ConnSet, u32> = HashMap::new();
         let mut conns = Vec::new();
         let mut intern = |c: ConnSet| -> u32 {
@@ -80,9 +97,12 @@ impl Matrix {
         let none = intern(ConnSet::none());
         let mut cells = vec![none; n * n];
         for a in 0..n {
-            let src = FlowEnd::Endpoint(endpoints[classes[a][0]]);
+            let src = end(classes[a][0]);
             let egress_peers = candidates.egress[a].as_ref();
             for b in 0..n {
+                if a >= endpoint_classes && b >= endpoint_classes {
+                    continue; // between two outside addresses: not the cluster's traffic
+                }
                 // Denied by construction: no rule of an isolated side can match the other.
                 let excluded = egress_peers.is_some_and(|c| !c.contains(b as u32))
                     || candidates.ingress[b].as_ref().is_some_and(|c| !c.contains(a as u32));
@@ -99,11 +119,33 @@ impl Matrix {
                 } else {
                     classes[b][0]
                 };
-                let conn = engine.connections(&src, &FlowEnd::Endpoint(endpoints[dst_index]));
+                let conn = engine.connections(&src, &end(dst_index));
                 cells[a * n + b] = intern(conn);
             }
         }
-        Matrix { endpoints, class_of, classes, cells, conns }
+        Matrix { endpoints, externals, class_of, classes, cells, conns }
+    }
+
+    /// Endpoints and outside ranges: the members of rows and columns.
+    pub fn len(&self) -> usize {
+        self.endpoints.len() + self.externals.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The outside range at member index `i`, if `i` is one.
+    pub fn external(&self, i: usize) -> Option<&ExternalRange> {
+        i.checked_sub(self.endpoints.len()).and_then(|k| self.externals.get(k))
+    }
+
+    /// Member `i` as a flow's end: an endpoint, or its range's representative address.
+    pub fn end(&self, i: usize) -> FlowEnd {
+        match self.external(i) {
+            Some(range) => FlowEnd::Address(range.representative),
+            None => FlowEnd::Endpoint(self.endpoints[i]),
+        }
     }
 
     /// Connections from endpoint index `i` to endpoint index `j` (`i != j`).
@@ -122,11 +164,12 @@ impl Matrix {
     pub fn grouped(&self, engine: &Engine) -> Vec<GroupRow> {
         let n = self.classes.len();
         let none_id = self.conns.iter().position(|c| c.is_none()).map(|i| i as u32);
-        let same_namespace = |a: usize, b: usize| {
-            let ka = &engine.endpoint(self.endpoints[self.classes[a][0]]).key;
-            let kb = &engine.endpoint(self.endpoints[self.classes[b][0]]).key;
-            ka.namespace == kb.namespace
+        let key = |c: usize| match self.end(self.classes[c][0]) {
+            FlowEnd::Endpoint(id) => Some(&engine.endpoint(id).key),
+            FlowEnd::Address(_) => None,
         };
+        let same_namespace =
+            |a: usize, b: usize| matches!((key(a), key(b)), (Some(ka), Some(kb)) if ka.namespace == kb.namespace);
         // A lone endpoint's cell with itself is free (self traffic is always
         // allowed): give it the value most common in its own namespace so it
         // groups with its neighbours.
@@ -141,8 +184,7 @@ impl Matrix {
         for a in 0..n {
             let mut row: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
             for b in 0..n {
-                let lone_pod = self.classes[a].len() == 1
-                    && engine.endpoint(self.endpoints[self.classes[a][0]]).key.kind.is_none();
+                let lone_pod = self.classes[a].len() == 1 && key(a).is_some_and(|k| k.kind.is_none());
                 let cell = if a == b && lone_pod { self_cell(a) } else { Some(self.cells[a * n + b]) };
                 match cell {
                     Some(c) if Some(c) != none_id => row.entry(c).or_default().push(b as u32),
@@ -186,18 +228,23 @@ struct PeerCandidates {
 }
 
 impl PeerCandidates {
-    fn new(engine: &Engine, endpoints: &[EndpointId], classes: &[Vec<usize>], blocks: &[Arc<IpBlock>]) -> Self {
+    fn new(engine: &Engine, end: &dyn Fn(usize) -> FlowEnd, classes: &[Vec<usize>], blocks: &[Arc<IpBlock>]) -> Self {
         let n = classes.len();
         let mut by_identity: HashMap<IdentityId, Vec<u32>> = HashMap::new();
         let mut by_block: Vec<Vec<u32>> = vec![Vec::new(); blocks.len()];
         let mut special = vec![false; n];
         for (c, members) in classes.iter().enumerate() {
-            let id = endpoints[members[0]];
-            by_identity.entry(engine.endpoint_identity(id)).or_default().push(c as u32);
-            let ep = engine.endpoint(id);
-            special[c] = ep.host_network;
+            let ips = match end(members[0]) {
+                FlowEnd::Endpoint(id) => {
+                    by_identity.entry(engine.endpoint_identity(id)).or_default().push(c as u32);
+                    let ep = engine.endpoint(id);
+                    special[c] = ep.host_network;
+                    ep.ips.clone()
+                }
+                FlowEnd::Address(ip) => vec![ip],
+            };
             for (j, b) in blocks.iter().enumerate() {
-                if ep.ips.iter().any(|ip| b.contains(*ip)) {
+                if ips.iter().any(|ip| b.contains(*ip)) {
                     by_block[j].push(c as u32);
                 }
             }
@@ -206,7 +253,9 @@ impl PeerCandidates {
         let side = |direction: Direction| -> Vec<Option<BitSet>> {
             (0..n)
                 .map(|c| {
-                    let compiled = engine.compiled(engine.endpoint_identity(endpoints[classes[c][0]]));
+                    // Outside addresses have no policy of ours: never isolated.
+                    let FlowEnd::Endpoint(id) = end(classes[c][0]) else { return None };
+                    let compiled = engine.compiled(engine.endpoint_identity(id));
                     let policy = compiled.direction(direction)?;
                     let mut set = BitSet::default();
                     for e in &policy.entries {

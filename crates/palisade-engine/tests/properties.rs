@@ -156,6 +156,28 @@ proptest! {
         }
     }
 
+    /// The outside world's ranges: every address of a range (that is no
+    /// endpoint's) gets what the matrix says of the range, both ways, and
+    /// every address outside the cluster is in exactly one range.
+    #[test]
+    fn external_ranges_equal_per_address_connections(c in cluster(), ips in prop::collection::vec(ip(), 1..8)) {
+        let engine = Engine::from_cluster(&c);
+        let m = Matrix::compute(&engine);
+        let endpoint_ips: std::collections::HashSet<_> = c.endpoints.iter().flat_map(|e| e.ips.iter().copied()).collect();
+        let extra: [std::net::IpAddr; 3] = ["0.0.0.0".parse().unwrap(), "203.0.113.7".parse().unwrap(), "::".parse().unwrap()];
+        for ip in ips.iter().chain(&extra).filter(|ip| !endpoint_ips.contains(ip)) {
+            let holders: Vec<usize> = (m.endpoints.len()..m.len()).filter(|&k| m.external(k).unwrap().contains(*ip)).collect();
+            prop_assert_eq!(holders.len(), 1, "{} is in one range", ip);
+            let k = holders[0];
+            for i in 0..m.endpoints.len() {
+                let ep = FlowEnd::Endpoint(m.endpoints[i]);
+                let outside = FlowEnd::Address(*ip);
+                prop_assert_eq!(m.get(i, k), &engine.connections(&ep, &outside), "{} -> {}", engine.endpoint(m.endpoints[i]).key, ip);
+                prop_assert_eq!(m.get(k, i), &engine.connections(&outside, &ep), "{} -> {}", ip, engine.endpoint(m.endpoints[i]).key);
+            }
+        }
+    }
+
     /// Incremental updates end in the same verdicts as compiling the final
     /// state from scratch.
     #[test]

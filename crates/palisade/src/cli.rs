@@ -123,6 +123,8 @@ pub struct InputArgs {
 pub enum AnalyzeFormat {
     Table,
     Json,
+    /// JSON Lines: one row (or, with --pairs, one pair) per line.
+    Jsonl,
     Tsv,
     Dot,
     Html,
@@ -137,12 +139,16 @@ pub struct AnalyzeArgs {
     /// Probe verdicts per pair for PROTO/PORT (tcp, udp, sctp), e.g. --port tcp/80; repeatable.
     #[arg(long = "port", value_name = "PROTO/PORT")]
     pub ports: Vec<String>,
-    /// Only these sources: an endpoint (ns/name, ns/name[Kind]) or ns/*; repeatable.
+    /// Only these sources: an endpoint (ns/name, ns/name[Kind]), a pod's ns/name, ns/*, or an address or
+    /// CIDR outside the cluster (its ranges); repeatable.
     #[arg(long = "from")]
     pub from: Vec<String>,
     /// Only these destinations, as --from.
     #[arg(long = "to")]
     pub to: Vec<String>,
+    /// One row per ordered pair instead of grouped rows (-o tsv, json, jsonl), streamed.
+    #[arg(long)]
+    pub pairs: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -206,6 +212,9 @@ pub enum BenchCommand {
     Gen(GenArgs),
     /// Time every phase of the analysis on a generated cluster.
     Engine(GenArgs),
+    /// Run every output format of `palisade analyze` on a generated cluster, each as its own process: wall
+    /// time against the parse time of the same input, peak memory, output size.
+    Analyze(BenchAnalyzeArgs),
     /// Measure enforcement in a lab (root): throughput, RR and CRR against no filtering and a conntrack-only
     /// table, with N peer entries; full and single-pod apply times on a generated cluster.
     Dataplane(BenchDataplaneArgs),
@@ -281,6 +290,23 @@ pub struct BenchDataplaneArgs {
     /// Skip the apply timings at the end.
     #[arg(long)]
     pub no_apply_times: bool,
+}
+
+#[derive(Args)]
+pub struct BenchAnalyzeArgs {
+    #[command(flatten)]
+    pub gen: GenArgs,
+    /// Runs per format (the median is reported).
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
+    /// Exit non-zero when a format misses its targets.
+    #[arg(long)]
+    pub check: bool,
+    /// (internal) Measure one `palisade analyze FILE ARGS...` run as this process's only child.
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub measure: Option<PathBuf>,
+    #[arg(last = true, hide = true)]
+    pub analyze_args: Vec<String>,
 }
 
 #[derive(Args, Clone)]

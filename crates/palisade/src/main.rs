@@ -20,6 +20,7 @@ fn run(cli: Cli, ui: &Ui, out: &mut dyn Write) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(BenchCommand::Engine(g)) => palisade::commands::bench::run(&g, out),
+        Command::Bench(BenchCommand::Analyze(args)) => palisade::commands::bench_analyze::run(&args, out),
         Command::Bench(BenchCommand::Dataplane(args)) => palisade::commands::bench_dataplane::run(&args, out),
         Command::Bench(BenchCommand::Agent(args)) => palisade::commands::bench_agent::run(&args, out),
         Command::Completions { shell } => {

@@ -245,6 +245,16 @@ pub fn run_analyze(manifests: &[Value], ports: &[String], extra: &[&str]) -> Res
     for p in ports {
         cmd.args(["--port", p]);
     }
+    // The scenarios' expectations are between the cluster's endpoints:
+    // leave the outside world's ranges out.
+    let mut namespaces: Vec<&str> =
+        manifests.iter().filter_map(|m| m.pointer("/metadata/namespace").and_then(Value::as_str)).collect();
+    namespaces.push("default");
+    namespaces.sort();
+    namespaces.dedup();
+    for ns in namespaces {
+        cmd.args(["--from", &format!("{ns}/*"), "--to", &format!("{ns}/*")]);
+    }
     let out = cmd.output().map_err(|e| e.to_string())?;
     let _ = std::fs::remove_dir_all(&dir);
     if !out.status.success() {

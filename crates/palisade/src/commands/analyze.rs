@@ -1,7 +1,9 @@
-//! `palisade analyze`: the connectivity of a cluster, grouped for people or
-//! per pair for programs.
+//! `palisade analyze`: the connectivity of a cluster and of the outside
+//! world to and from it, grouped (every format, by default) or per pair
+//! (`--pairs`, streamed), or per probe (`--port`).
 
 use std::io::Write;
+use std::net::IpAddr;
 
 use anyhow::Result;
 use palisade_engine::{Engine, Flow, FlowEnd, Matrix, SideVerdict};
@@ -9,81 +11,147 @@ use serde_json::json;
 
 use crate::cli::{AnalyzeArgs, AnalyzeFormat};
 use crate::input::{endpoint_matches, load_input, parse_probe, Failure, Ui};
-use crate::output::{self, Names};
+use crate::output::{self, table, Names};
+
+/// A chosen row or column: a matrix member, and for `--port`, the exact
+/// outside address asked for (the verdict is its range's; the name is its own).
+#[derive(Clone, Copy)]
+struct Pick {
+    member: usize,
+    address: Option<IpAddr>,
+}
+
+/// The members a list of `--from`/`--to` patterns selects (all when empty).
+fn select(patterns: &[String], flag: &str, engine: &Engine, matrix: &Matrix) -> Result<Vec<Pick>, Failure> {
+    let all = |member| Pick { member, address: None };
+    if patterns.is_empty() {
+        return Ok((0..matrix.len()).map(all).collect());
+    }
+    let mut picked: std::collections::BTreeMap<usize, Option<IpAddr>> = std::collections::BTreeMap::new();
+    for pattern in patterns {
+        if let Ok(ip) = pattern.parse::<IpAddr>() {
+            // A pod's address is that pod, as in `explain`.
+            let endpoint = matrix.endpoints.iter().position(|id| engine.endpoint(*id).ips.contains(&ip));
+            match endpoint {
+                Some(i) => {
+                    picked.insert(i, None);
+                }
+                None => {
+                    let k = (matrix.endpoints.len()..matrix.len()).find(|&k| matrix.external(k).unwrap().contains(ip));
+                    if let Some(k) = k {
+                        picked.insert(k, Some(ip));
+                    }
+                }
+            }
+        } else if let Ok(net) = pattern.parse::<ipnet::IpNet>() {
+            for i in 0..matrix.len() {
+                let hit = match matrix.external(i) {
+                    Some(range) => range.overlaps(&net),
+                    None => engine.endpoint(matrix.endpoints[i]).ips.iter().any(|ip| net.contains(ip)),
+                };
+                if hit {
+                    picked.insert(i, None);
+                }
+            }
+        } else {
+            for (i, id) in matrix.endpoints.iter().enumerate() {
+                if endpoint_matches(pattern, engine.endpoint(*id)) {
+                    picked.insert(i, None);
+                }
+            }
+            if pattern == "*" {
+                picked.extend((matrix.endpoints.len()..matrix.len()).map(|k| (k, None)));
+            }
+        }
+    }
+    if picked.is_empty() {
+        return Err(Failure::Usage(format!("{flag} {}: matches no endpoint or outside range", patterns.join(" "))));
+    }
+    Ok(picked.into_iter().map(|(member, address)| Pick { member, address }).collect())
+}
 
 pub fn run(args: &AnalyzeArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
     let probes = args.ports.iter().map(|p| parse_probe(p)).collect::<Result<Vec<_>, _>>()?;
+    if args.pairs && !matches!(args.format, AnalyzeFormat::Tsv | AnalyzeFormat::Json | AnalyzeFormat::Jsonl) {
+        return Err(Failure::Usage("--pairs writes one row per pair: use -o tsv, json or jsonl".into()).into());
+    }
     let (_, engine) = load_input(&args.input, ui)?;
     let matrix = Matrix::compute(&engine);
     let names = Names::new(&engine, &matrix);
-    let keep = |patterns: &[String], i: usize| {
-        patterns.is_empty() || patterns.iter().any(|p| endpoint_matches(p, engine.endpoint(matrix.endpoints[i])))
-    };
-    let n = matrix.endpoints.len();
-    let sources: Vec<usize> = (0..n).filter(|&i| keep(&args.from, i)).collect();
-    let destinations: Vec<usize> = (0..n).filter(|&i| keep(&args.to, i)).collect();
-    for (patterns, list, flag) in [(&args.from, &sources, "--from"), (&args.to, &destinations, "--to")] {
-        if !patterns.is_empty() && list.is_empty() {
-            return Err(Failure::Usage(format!("{flag} {}: matches no endpoint", patterns.join(" "))).into());
-        }
-    }
+    let sources = select(&args.from, "--from", &engine, &matrix)?;
+    let destinations = select(&args.to, "--to", &engine, &matrix)?;
     if !probes.is_empty() {
         return per_probe(args.format, &engine, &matrix, &names, &sources, &destinations, &probes, out);
     }
+    if args.pairs {
+        return per_pair(args.format, &matrix, &names, &sources, &destinations, out);
+    }
+    let rows = filtered_rows(&matrix, &engine, &sources, &destinations);
+    let items = |r: &palisade_engine::GroupRow| (names.items(&r.sources), names.items(&r.destinations));
     match args.format {
+        AnalyzeFormat::Table => {
+            let cells: Vec<Vec<Vec<String>>> = rows
+                .iter()
+                .map(|r| {
+                    let (s, d) = items(r);
+                    vec![
+                        table::wrap_items(&s, table::CELL_WIDTH, table::CELL_LINES),
+                        table::wrap_items(&d, table::CELL_WIDTH, table::CELL_LINES),
+                        vec![r.connections.to_string()],
+                    ]
+                })
+                .collect();
+            table::write_multiline(out, &["SOURCE", "DESTINATION", "CONNECTIONS"], &cells)?;
+            ui.note(&format!(
+                "{} endpoints in {} classes, and {} range(s) of addresses outside the cluster (cut by the policies' \
+                 ipBlocks); pairs not listed have no connection; a pod can always reach itself",
+                matrix.endpoints.len(),
+                matrix.class_count() - matrix.externals.len(),
+                matrix.externals.len()
+            ));
+        }
         AnalyzeFormat::Tsv => {
-            writeln!(out, "src\tdst\tconnections")?;
-            for &i in &sources {
-                for &j in destinations.iter().filter(|&&j| j != i) {
-                    let c = matrix.get(i, j);
-                    if !c.is_none() {
-                        writeln!(
-                            out,
-                            "{}\t{}\t{}",
-                            output::tsv_field(&names.names[i]),
-                            output::tsv_field(&names.names[j]),
-                            c
-                        )?;
-                    }
-                }
+            writeln!(out, "sources\tdestinations\tconnections")?;
+            for r in &rows {
+                let (s, d) = items(r);
+                let (s, d) = (output::tsv_field(&s.join(", ")), output::tsv_field(&d.join(", ")));
+                writeln!(out, "{s}\t{d}\t{}", r.connections)?;
             }
         }
         AnalyzeFormat::Json => {
-            let mut pairs = Vec::new();
-            for &i in &sources {
-                for &j in destinations.iter().filter(|&&j| j != i) {
-                    let c = matrix.get(i, j);
-                    if !c.is_none() {
-                        pairs.push(json!({"src": names.names[i], "dst": names.names[j], "connections": c}));
-                    }
-                }
+            // Streamed: the head, then one row at a time.
+            write!(out, "{{\n  \"endpoints\": ")?;
+            serde_json::to_writer(&mut *out, &names.names[..names.endpoint_count()])?;
+            write!(out, ",\n  \"external\": ")?;
+            let external: Vec<_> = matrix
+                .externals
+                .iter()
+                .map(|r| json!({"name": r.name, "intervals": r.intervals.iter().map(|(a, b)| [a.to_string(), b.to_string()]).collect::<Vec<_>>()}))
+                .collect();
+            serde_json::to_writer(&mut *out, &external)?;
+            write!(out, ",\n  \"connections\": [")?;
+            for (k, r) in rows.iter().enumerate() {
+                let (s, d) = items(r);
+                write!(out, "{}\n    ", if k == 0 { "" } else { "," })?;
+                serde_json::to_writer(
+                    &mut *out,
+                    &json!({"sources": s, "destinations": d, "connections": r.connections}),
+                )?;
             }
-            let doc = json!({"endpoints": names.names, "connections": pairs});
-            serde_json::to_writer_pretty(&mut *out, &doc)?;
-            writeln!(out)?;
+            writeln!(out, "\n  ]\n}}")?;
         }
-        format => {
-            let rows = filtered_rows(&matrix, &engine, &sources, &destinations);
-            match format {
-                AnalyzeFormat::Table => {
-                    let table: Vec<Vec<String>> = rows
-                        .iter()
-                        .map(|r| {
-                            vec![names.describe(&r.sources), names.describe(&r.destinations), r.connections.to_string()]
-                        })
-                        .collect();
-                    output::table::write(out, &["SOURCE", "DESTINATION", "CONNECTIONS"], &table)?;
-                    ui.note(&format!(
-                        "{} endpoints in {} classes; pairs not listed have no connection; a pod can always reach itself",
-                        n,
-                        matrix.class_count()
-                    ));
-                }
-                AnalyzeFormat::Dot => output::dot::write(out, &names, &rows)?,
-                AnalyzeFormat::Html => output::html::write(out, "Palisade: cluster connectivity", &names, &rows)?,
-                AnalyzeFormat::Tsv | AnalyzeFormat::Json => unreachable!(),
+        AnalyzeFormat::Jsonl => {
+            for r in &rows {
+                let (s, d) = items(r);
+                serde_json::to_writer(
+                    &mut *out,
+                    &json!({"sources": s, "destinations": d, "connections": r.connections}),
+                )?;
+                writeln!(out)?;
             }
         }
+        AnalyzeFormat::Dot => output::dot::write(out, &names, &rows)?,
+        AnalyzeFormat::Html => output::html::write(out, "Palisade: cluster connectivity", &names, &rows)?,
     }
     Ok(())
 }
@@ -91,14 +159,14 @@ pub fn run(args: &AnalyzeArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
 fn filtered_rows(
     matrix: &Matrix,
     engine: &Engine,
-    sources: &[usize],
-    destinations: &[usize],
+    sources: &[Pick],
+    destinations: &[Pick],
 ) -> Vec<palisade_engine::GroupRow> {
-    let all = sources.len() == matrix.endpoints.len() && destinations.len() == matrix.endpoints.len();
+    let all = sources.len() == matrix.len() && destinations.len() == matrix.len();
     let mut rows = matrix.grouped(engine);
     if !all {
         let (s, d): (std::collections::HashSet<usize>, std::collections::HashSet<usize>) =
-            (sources.iter().copied().collect(), destinations.iter().copied().collect());
+            (sources.iter().map(|p| p.member).collect(), destinations.iter().map(|p| p.member).collect());
         for r in &mut rows {
             r.sources.retain(|i| s.contains(i));
             r.destinations.retain(|i| d.contains(i));
@@ -106,6 +174,53 @@ fn filtered_rows(
         rows.retain(|r| !r.sources.is_empty() && !r.destinations.is_empty());
     }
     rows
+}
+
+/// Every ordered pair with a connection, one per line as it is found:
+/// memory stays flat whatever the number of pairs.
+fn per_pair(
+    format: AnalyzeFormat,
+    matrix: &Matrix,
+    names: &Names,
+    sources: &[Pick],
+    destinations: &[Pick],
+    out: &mut dyn Write,
+) -> Result<()> {
+    let n = matrix.endpoints.len();
+    match format {
+        AnalyzeFormat::Tsv => writeln!(out, "src\tdst\tconnections")?,
+        AnalyzeFormat::Json => write!(out, "[")?,
+        _ => {}
+    }
+    let mut first = true;
+    for s in sources {
+        for d in destinations.iter().filter(|d| d.member != s.member && (s.member < n || d.member < n)) {
+            let c = matrix.get(s.member, d.member);
+            if c.is_none() {
+                continue;
+            }
+            let (src, dst) = (&names.names[s.member], &names.names[d.member]);
+            match format {
+                AnalyzeFormat::Tsv => {
+                    writeln!(out, "{}\t{}\t{c}", output::tsv_field(src), output::tsv_field(dst))?;
+                }
+                _ => {
+                    if format == AnalyzeFormat::Json {
+                        write!(out, "{}\n  ", if first { "" } else { "," })?;
+                    }
+                    serde_json::to_writer(&mut *out, &json!({"src": src, "dst": dst, "connections": c}))?;
+                    if format == AnalyzeFormat::Jsonl {
+                        writeln!(out)?;
+                    }
+                }
+            }
+            first = false;
+        }
+    }
+    if format == AnalyzeFormat::Json {
+        writeln!(out, "\n]")?;
+    }
+    Ok(())
 }
 
 /// The names of the policies that decided one side of a flow.
@@ -129,74 +244,100 @@ fn per_probe(
     engine: &Engine,
     matrix: &Matrix,
     names: &Names,
-    sources: &[usize],
-    destinations: &[usize],
+    sources: &[Pick],
+    destinations: &[Pick],
     probes: &[(palisade_model::Protocol, u16)],
     out: &mut dyn Write,
 ) -> Result<()> {
-    let verdict = |i: usize, j: usize, (proto, port): (palisade_model::Protocol, u16)| {
-        if matrix.get(i, j).contains(proto, port) {
+    let n = matrix.endpoints.len();
+    let name = |p: &Pick| p.address.map(|a| a.to_string()).unwrap_or_else(|| names.names[p.member].clone());
+    let end = |p: &Pick| p.address.map(FlowEnd::Address).unwrap_or_else(|| matrix.end(p.member));
+    // An outside address's verdicts are its range's (the ranges are cut so).
+    let verdict = |s: &Pick, d: &Pick, (proto, port): (palisade_model::Protocol, u16)| {
+        if matrix.get(s.member, d.member).contains(proto, port) {
             "allow"
         } else {
             "deny"
         }
     };
-    let pairs =
-        || sources.iter().flat_map(move |&i| destinations.iter().filter(move |&&j| j != i).map(move |&j| (i, j)));
+    let pairs = || {
+        sources.iter().flat_map(move |s| {
+            destinations
+                .iter()
+                .filter(move |d| d.member != s.member && (s.member < n || d.member < n))
+                .map(move |d| (s, d))
+        })
+    };
     match format {
         AnalyzeFormat::Tsv => {
             writeln!(out, "src\tdst\tprotocol\tport\tverdict")?;
-            for (i, j) in pairs() {
+            for (s, d) in pairs() {
                 for &probe in probes {
                     writeln!(
                         out,
                         "{}\t{}\t{}\t{}\t{}",
-                        names.names[i],
-                        names.names[j],
+                        name(s),
+                        name(d),
                         probe.0.as_lower(),
                         probe.1,
-                        verdict(i, j, probe)
+                        verdict(s, d, probe)
                     )?;
                 }
             }
         }
-        AnalyzeFormat::Json => {
-            let mut rows = Vec::new();
-            for (i, j) in pairs() {
+        AnalyzeFormat::Json | AnalyzeFormat::Jsonl => {
+            let json = format == AnalyzeFormat::Json;
+            if json {
+                write!(out, "[")?;
+            }
+            let mut first = true;
+            for (s, d) in pairs() {
                 for &(protocol, port) in probes {
-                    let flow = Flow {
-                        src: FlowEnd::Endpoint(matrix.endpoints[i]),
-                        dst: FlowEnd::Endpoint(matrix.endpoints[j]),
-                        protocol,
-                        port,
-                    };
-                    let v = engine.verdict(&flow);
-                    rows.push(json!({
-                        "src": names.names[i], "dst": names.names[j], "protocol": protocol.as_lower(), "port": port,
+                    let v = engine.verdict(&Flow { src: end(s), dst: end(d), protocol, port });
+                    let row = json!({
+                        "src": name(s), "dst": name(d), "protocol": protocol.as_lower(), "port": port,
                         "verdict": if v.allowed { "allow" } else { "deny" },
                         "egress": {"decision": v.egress.name(), "policies": deciding_policies(engine, &v.egress)},
                         "ingress": {"decision": v.ingress.name(), "policies": deciding_policies(engine, &v.ingress)},
-                    }));
+                    });
+                    if json {
+                        write!(out, "{}\n  ", if first { "" } else { "," })?;
+                        serde_json::to_writer_pretty(&mut *out, &row)?;
+                    } else {
+                        serde_json::to_writer(&mut *out, &row)?;
+                        writeln!(out)?;
+                    }
+                    first = false;
                 }
             }
-            serde_json::to_writer_pretty(&mut *out, &rows)?;
-            writeln!(out)?;
+            if json {
+                writeln!(out, "\n]")?;
+            }
         }
         AnalyzeFormat::Table => {
+            // Widths from the names, then rows as they come.
             let probe_names: Vec<String> = probes.iter().map(|(p, n)| format!("{}/{n}", p.as_lower())).collect();
-            let mut header = vec!["SRC", "DST"];
-            header.extend(probe_names.iter().map(String::as_str));
-            let rows: Vec<Vec<String>> = pairs()
-                .map(|(i, j)| {
-                    let mut row = vec![names.names[i].clone(), names.names[j].clone()];
-                    row.extend(probes.iter().map(|&p| verdict(i, j, p).to_string()));
-                    row
-                })
-                .collect();
-            output::table::write(out, &header, &rows)?;
+            let width = |picks: &[Pick], title: &str| {
+                picks.iter().map(|p| name(p).chars().count()).max().unwrap_or(0).max(title.len())
+            };
+            let (ws, wd) = (width(sources, "SRC"), width(destinations, "DST"));
+            let line = |out: &mut dyn Write, s: &str, d: &str, cells: &[String]| -> std::io::Result<()> {
+                let mut text = format!("{s:<ws$}  {d:<wd$}");
+                for (cell, title) in cells.iter().zip(&probe_names) {
+                    text.push_str(&format!("  {cell:<w$}", w = title.len().max(5)));
+                }
+                writeln!(out, "{}", text.trim_end())
+            };
+            line(out, "SRC", "DST", &probe_names)?;
+            for (s, d) in pairs() {
+                let cells: Vec<String> = probes.iter().map(|&p| verdict(s, d, p).to_string()).collect();
+                line(out, &name(s), &name(d), &cells)?;
+            }
         }
         AnalyzeFormat::Dot | AnalyzeFormat::Html => {
-            return Err(Failure::Usage("--port gives per-probe verdicts: use -o table, tsv or json".into()).into())
+            return Err(
+                Failure::Usage("--port gives per-probe verdicts: use -o table, tsv, json or jsonl".into()).into()
+            )
         }
     }
     Ok(())

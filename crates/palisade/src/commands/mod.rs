@@ -2,6 +2,7 @@ pub mod agent;
 pub mod analyze;
 pub mod bench;
 pub mod bench_agent;
+pub mod bench_analyze;
 pub mod bench_dataplane;
 pub mod bench_paired;
 pub mod diff;

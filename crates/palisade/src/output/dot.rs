@@ -20,9 +20,7 @@ pub fn write(out: &mut dyn Write, names: &Names, rows: &[GroupRow]) -> io::Resul
     let edge_count: usize =
         rows.iter().map(|r| names.items(&r.sources).len() * names.items(&r.destinations).len()).sum();
     if edge_count > MAX_EDGES {
-        return Err(io::Error::other(format!(
-            "the graph would have {edge_count} edges (more than {MAX_EDGES}): narrow it with --from/--to, or use -o table"
-        )));
+        return write_grouped(out, names, rows);
     }
     writeln!(out, "digraph palisade {{")?;
     writeln!(out, "  rankdir=LR; compound=true; node [shape=box, style=rounded, fontname=\"Helvetica\"]; edge [fontname=\"Helvetica\", fontsize=10];")?;
@@ -58,11 +56,50 @@ pub fn write(out: &mut dyn Write, names: &Names, rows: &[GroupRow]) -> io::Resul
         }
         writeln!(out, "  }}")?;
     }
+    if !names.externals().is_empty() {
+        writeln!(out, "  subgraph \"cluster_outside\" {{")?;
+        writeln!(out, "    label=\"outside the cluster\"; style=dotted;")?;
+        for n in names.externals().iter().filter(|n| nodes.contains(*n)) {
+            writeln!(out, "    {} [shape=ellipse];", quote(n))?;
+        }
+        writeln!(out, "  }}")?;
+    }
     if nodes.contains("*") {
         writeln!(out, "  \"*\" [label=\"all endpoints\", shape=folder];")?;
     }
     for (s, d, label) in edges {
         writeln!(out, "  {} -> {} [label={}];", quote(&s), quote(&d), quote(&label))?;
+    }
+    writeln!(out, "}}")
+}
+
+/// Too many endpoints to draw one node each: a node per row's source set
+/// and destination set (labelled with their first items and a count), an
+/// edge per row. Every row of the table is still there.
+fn write_grouped(out: &mut dyn Write, names: &Names, rows: &[GroupRow]) -> io::Result<()> {
+    let mut ids: std::collections::HashMap<&[usize], usize> = std::collections::HashMap::new();
+    writeln!(out, "digraph palisade {{")?;
+    writeln!(
+        out,
+        "  rankdir=LR; node [shape=folder, fontname=\"Helvetica\"]; edge [fontname=\"Helvetica\", fontsize=10];"
+    )?;
+    for row in rows {
+        let mut end = [0usize; 2];
+        for (k, set) in [&row.sources[..], &row.destinations[..]].into_iter().enumerate() {
+            let next = ids.len();
+            let id = *ids.entry(set).or_insert(next);
+            if id == next {
+                let items = names.items(set);
+                // Lines joined by Graphviz's `\n` escape, so not through `quote`.
+                let mut label: Vec<String> = items.iter().take(3).map(|i| i.replace('"', "\\\"")).collect();
+                if items.len() > 3 {
+                    label.push(format!("... and {} more", items.len() - 3));
+                }
+                writeln!(out, "  g{id} [label=\"{}\"];", label.join("\\n"))?;
+            }
+            end[k] = id;
+        }
+        writeln!(out, "  g{} -> g{} [label={}];", end[0], end[1], quote(&row.connections.to_string()))?;
     }
     writeln!(out, "}}")
 }

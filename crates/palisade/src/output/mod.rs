@@ -9,11 +9,12 @@ use std::collections::BTreeMap;
 
 use palisade_engine::{Engine, Matrix};
 
-/// Endpoint display names in matrix order, and per-namespace counts for
-/// compressing sets into `ns/*`.
+/// Display names in matrix order (endpoints, then the outside world's
+/// ranges), and per-namespace counts for compressing sets into `ns/*`.
 pub struct Names {
     pub names: Vec<String>,
     namespaces: Vec<String>,
+    endpoint_count: usize,
     per_namespace: BTreeMap<String, usize>,
 }
 
@@ -28,35 +29,46 @@ impl Names {
             names.push(key.to_string());
             namespaces.push(key.namespace.clone());
         }
-        Names { names, namespaces, per_namespace }
-    }
-
-    pub fn namespace(&self, i: usize) -> &str {
-        &self.namespaces[i]
+        names.extend(matrix.externals.iter().map(|r| r.name.clone()));
+        Names { names, namespaces, endpoint_count: matrix.endpoints.len(), per_namespace }
     }
 
     pub fn namespaces(&self) -> impl Iterator<Item = &str> {
         self.per_namespace.keys().map(String::as_str)
     }
 
-    /// Items of a set of endpoint indexes (sorted): `*` for everything,
-    /// `ns/*` for a whole namespace, otherwise the endpoints' names.
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoint_count
+    }
+
+    /// The names of the outside world's ranges.
+    pub fn externals(&self) -> &[String] {
+        &self.names[self.endpoint_count..]
+    }
+
+    /// Items of a set of member indexes (sorted): `*` for every endpoint,
+    /// `ns/*` for a whole namespace, otherwise the endpoints' names; then
+    /// the outside ranges by name.
     pub fn items(&self, set: &[usize]) -> Vec<String> {
-        if set.len() == self.names.len() && !set.is_empty() {
-            return vec!["*".into()];
-        }
-        let mut by_ns: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        for &i in set {
-            by_ns.entry(&self.namespaces[i]).or_default().push(i);
-        }
+        let split = set.partition_point(|&i| i < self.endpoint_count);
+        let (endpoints, externals) = set.split_at(split);
         let mut out = Vec::new();
-        for (ns, members) in by_ns {
-            if members.len() == self.per_namespace[ns] && members.len() > 1 {
-                out.push(format!("{ns}/*"));
-            } else {
-                out.extend(members.iter().map(|&i| self.names[i].clone()));
+        if endpoints.len() == self.endpoint_count && !endpoints.is_empty() {
+            out.push("*".to_string());
+        } else {
+            let mut by_ns: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+            for &i in endpoints {
+                by_ns.entry(&self.namespaces[i]).or_default().push(i);
+            }
+            for (ns, members) in by_ns {
+                if members.len() == self.per_namespace[ns] && members.len() > 1 {
+                    out.push(format!("{ns}/*"));
+                } else {
+                    out.extend(members.iter().map(|&i| self.names[i].clone()));
+                }
             }
         }
+        out.extend(externals.iter().map(|&i| self.names[i].clone()));
         out
     }
 
