@@ -95,7 +95,15 @@ impl Matrix {
             id
         };
         let none = intern(ConnSet::none());
+        let all = intern(ConnSet::all());
         let mut cells = vec![none; n * n];
+        // Not isolated in a direction (or outside the cluster): that side allows everything.
+        let open = |c: usize, direction: Direction| match end(classes[c][0]) {
+            FlowEnd::Endpoint(id) => engine.compiled(engine.endpoint_identity(id)).direction(direction).is_none(),
+            FlowEnd::Address(_) => true,
+        };
+        let open_egress: Vec<bool> = (0..n).map(|c| open(c, Direction::Egress)).collect();
+        let open_ingress: Vec<bool> = (0..n).map(|c| open(c, Direction::Ingress)).collect();
         for a in 0..n {
             let src = end(classes[a][0]);
             let egress_peers = candidates.egress[a].as_ref();
@@ -107,6 +115,10 @@ impl Matrix {
                 let excluded = egress_peers.is_some_and(|c| !c.contains(b as u32))
                     || candidates.ingress[b].as_ref().is_some_and(|c| !c.contains(a as u32));
                 if excluded && !candidates.special[a] && !candidates.special[b] {
+                    continue;
+                }
+                if open_egress[a] && open_ingress[b] && (a != b || classes[b].len() > 1) {
+                    cells[a * n + b] = all;
                     continue;
                 }
                 let dst_index = if a == b {

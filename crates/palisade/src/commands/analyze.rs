@@ -301,8 +301,8 @@ fn per_probe(
                         "ingress": {"decision": v.ingress.name(), "policies": deciding_policies(engine, &v.ingress)},
                     });
                     if json {
-                        write!(out, "{}\n  ", if first { "" } else { "," })?;
-                        serde_json::to_writer_pretty(&mut *out, &row)?;
+                        let text = serde_json::to_string_pretty(&row)?.replace('\n', "\n  ");
+                        write!(out, "{}\n  {text}", if first { "" } else { "," })?;
                     } else {
                         serde_json::to_writer(&mut *out, &row)?;
                         writeln!(out)?;
