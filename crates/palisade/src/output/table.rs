@@ -35,13 +35,33 @@ pub const CELL_WIDTH: usize = 72;
 /// How many lines such a cell may take; past them the rest are counted.
 pub const CELL_LINES: usize = 6;
 
-/// Items joined by `, `, wrapped at `width` (an item is never split), at
-/// most `max_lines` lines: the last says how many items were left out.
+/// An item longer than `width` (an outside range of many pieces, a
+/// variant of many labels) cut after its last `,` that fits, with a count
+/// of the pieces left out; `-o json` has it whole.
+pub fn shorten(item: &str, width: usize) -> String {
+    if item.chars().count() <= width {
+        return item.to_string();
+    }
+    let budget = width.saturating_sub(16);
+    let cut = item.char_indices().take_while(|(i, _)| *i < budget).filter(|(_, c)| *c == ',').map(|(i, _)| i).last();
+    match cut {
+        Some(at) => {
+            let left_out = item[at..].matches(',').count();
+            format!("{},... (+{left_out})", &item[..at])
+        }
+        None => item.to_string(),
+    }
+}
+
+/// Items joined by `, `, wrapped at `width` (an item is never split, a
+/// long one is shortened), at most `max_lines` lines: the last says how
+/// many items were left out.
 pub fn wrap_items(items: &[String], width: usize, max_lines: usize) -> Vec<String> {
     let mut lines: Vec<(String, usize)> = Vec::new();
     let mut current = (String::new(), 0usize);
     for (k, item) in items.iter().enumerate() {
-        let piece = if k + 1 == items.len() { item.clone() } else { format!("{item},") };
+        let item = shorten(item, width);
+        let piece = if k + 1 == items.len() { item } else { format!("{item},") };
         if current.1 > 0 && current.0.chars().count() + 1 + piece.chars().count() > width {
             lines.push(std::mem::take(&mut current));
         }
@@ -107,5 +127,8 @@ mod tests {
         // An item longer than the width has a line of its own.
         let long = vec!["x".repeat(40), "y".into()];
         assert_eq!(wrap_items(&long, 30, 3), [format!("{},", "x".repeat(40)), "y".into()]);
+        // One of many pieces is shortened, saying how many pieces it leaves out.
+        let range = (0..20).map(|i| format!("10.{i}.0.0/16")).collect::<Vec<_>>().join(",");
+        assert_eq!(shorten(&range, 50), "10.0.0.0/16,10.1.0.0/16,... (+18)");
     }
 }
