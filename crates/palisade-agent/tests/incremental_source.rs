@@ -1,8 +1,9 @@
 //! The dir source's object updates, applied by the node agent one by one,
 //! give exactly the cluster and the verdicts a full read gives: 300 random
 //! edits of a manifests directory (relabels, pods and policies added and
-//! removed, namespaces relabeled, objects moved between files, replicas
-//! of a workload that force a full read). No kernel is touched.
+//! removed, namespaces relabeled, objects moved between files, a
+//! workload's replica, and a workload that forces a full read). No kernel
+//! is touched.
 
 use std::path::Path;
 
@@ -39,7 +40,12 @@ fn namespace(ns: usize, tier: usize) -> String {
     format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: n{ns}, labels: {{tier: t{tier}}}}}\n")
 }
 
+/// Slot 15: a workload's replica (a pod like any other on a node); slot
+/// 16: a workload itself, read from its template (forces a full read).
 fn replica(i: usize) -> String {
+    if i == 16 {
+        return "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: w, namespace: n0}\nspec: {selector: {}, template: {metadata: {labels: {role: r1}}}}\n".into();
+    }
     format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: w-{i}, namespace: n0, labels: {{role: r1}}, ownerReferences: [{{apiVersion: apps/v1, kind: ReplicaSet, name: w-7d, uid: u, controller: true}}]}}\nspec: {{containers: [{{name: c, image: i}}]}}\nstatus: {{podIP: 10.7.1.{i}}}\n")
 }
 
@@ -59,7 +65,8 @@ fn write(dir: &Path, items: &[Option<Item>]) {
 fn full_read(dir: &Path) -> Cluster {
     let (sources, problems) = read_paths(&[dir.to_path_buf()]);
     assert!(problems.is_empty());
-    let (c, problems, _) = Cluster::from_manifests(parse_sources(&sources));
+    // The node's view: every pod itself.
+    let (c, problems, _) = Cluster::from_manifests(parse_sources(&sources).per_pod());
     assert!(problems.is_empty(), "{problems:?}");
     c
 }
@@ -87,7 +94,7 @@ fn object_updates_equal_full_reads() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let mut rng = Rng(0x1234_5678);
-    // Slots: 0-2 namespaces, 3-10 pods, 11-14 policies, 15-16 replicas.
+    // Slots: 0-2 namespaces, 3-10 pods, 11-14 policies, 15 a replica, 16 a workload.
     let mut items: Vec<Option<Item>> = vec![None; 17];
     for (ns, item) in items.iter_mut().enumerate().take(3) {
         *item = Some(Item { file: 0, text: namespace(ns, ns % 2) });

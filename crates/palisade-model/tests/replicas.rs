@@ -157,3 +157,60 @@ fn a_nodes_view_has_every_pod_as_itself() {
     let (c, _, _) = Cluster::from_manifests(m);
     assert_eq!(keys(&c), ["shop/web-a", "shop/web-b"]);
 }
+
+/// The analyzer groups replicas, a node sees pods: the same pods, each
+/// with the same labels, addresses and ports, either way.
+#[test]
+fn grouped_and_per_pod_views_hold_the_same_pods() {
+    let mut host = pod("proxy-a", Some(("DaemonSet", "proxy")), json!({"app": "proxy"}), "192.168.0.1");
+    host["spec"]["hostNetwork"] = json!(true);
+    let mut done = pod("job-x", Some(("Job", "job")), json!({"app": "job"}), "10.0.0.9");
+    done["status"]["phase"] = json!("Succeeded");
+    let items = vec![
+        pod(
+            "web-1",
+            Some(("ReplicaSet", "web-7d")),
+            json!({"app": "web", "pod-template-hash": "7d", "v": "1"}),
+            "10.0.0.2",
+        ),
+        pod(
+            "web-2",
+            Some(("ReplicaSet", "web-7d")),
+            json!({"app": "web", "pod-template-hash": "7d", "v": "2"}),
+            "10.0.0.3",
+        ),
+        pod(
+            "web-3",
+            Some(("ReplicaSet", "web-7d")),
+            json!({"app": "web", "pod-template-hash": "7d", "v": "2"}),
+            "10.0.0.4",
+        ),
+        pod("etcd-n1", Some(("Node", "n1")), json!({"component": "etcd"}), "192.168.0.1"),
+        pod("lone", None, json!({}), "10.0.0.5"),
+        host,
+        done,
+    ];
+    let text = json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string();
+    let read = || parse_sources(&[Source { name: "dump.json".into(), text: text.clone() }]);
+    let (grouped, _, _) = Cluster::from_manifests(read());
+    let (per_pod, _, _) = Cluster::from_manifests(read().per_pod());
+    type View = Vec<(String, Vec<(String, String)>, bool)>;
+    let view = |c: &Cluster| -> View {
+        let mut v: View = Vec::new();
+        for e in &c.endpoints {
+            for p in &e.pods {
+                v.push((format!("{}/{p}", e.key.namespace), e.labels.clone().into_iter().collect(), e.host_network));
+            }
+        }
+        v.sort();
+        v
+    };
+    assert_eq!(view(&grouped), view(&per_pod));
+    assert_eq!(per_pod.endpoints.len(), 6, "every running pod, itself");
+    let addresses = |c: &Cluster| {
+        let mut a: Vec<_> = c.endpoints.iter().flat_map(|e| e.ips.clone()).collect();
+        a.sort();
+        a
+    };
+    assert_eq!(addresses(&grouped), addresses(&per_pod));
+}

@@ -48,9 +48,11 @@ pub fn write(out: &mut dyn Write, title: &str, names: &Names, rows: &[GroupRow])
     )?;
     writeln!(
         out,
-        "<h1>{}</h1><p>{} endpoints, {} rows of allowed connections (a pod can always reach itself).</p>",
+        "<h1>{}</h1><p>{} endpoints, {} ranges of addresses outside the cluster, {} rows of allowed connections \
+         (a pod can always reach itself).</p>",
         esc(title),
-        names.names.len(),
+        names.endpoint_count(),
+        names.externals().len(),
         rows.len()
     )?;
     writeln!(out, "<h2>Graph</h2>")?;
