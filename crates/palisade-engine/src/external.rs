@@ -80,33 +80,67 @@ type Interval = (Family, u128, u128);
 /// as representatives (a range of nothing but endpoint addresses is not
 /// outside the cluster and is left out).
 pub fn external_ranges(blocks: &[Arc<IpBlock>], endpoint_ips: &HashSet<IpAddr>) -> Vec<ExternalRange> {
-    let mut cuts: BTreeMap<Family, Vec<u128>> = BTreeMap::new();
-    for family in [Family::V4, Family::V6] {
-        cuts.insert(family, vec![0]);
+    // A sweep over every CIDR's first and one-past-last address, per family,
+    // keeping the set of blocks the current address is in: the cost follows
+    // the number of CIDRs, not CIDRs x blocks.
+    #[derive(Clone, Copy)]
+    enum Edge {
+        CidrIn,
+        CidrOut,
+        ExceptIn,
+        ExceptOut,
     }
-    for net in blocks.iter().flat_map(|b| std::iter::once(&b.cidr).chain(&b.except)) {
+    let mut events: Vec<(Family, u128, u32, Edge)> = Vec::new();
+    let mut push = |net: &ipnet::IpNet, j: u32, (open, close): (Edge, Edge)| {
         let (family, start) = value(net.network());
         let (_, end) = value(net.broadcast());
-        let points = cuts.get_mut(&family).expect("both families");
-        points.push(start);
+        events.push((family, start, j, open));
         if end < family.max() {
-            points.push(end + 1);
+            events.push((family, end + 1, j, close));
+        }
+    };
+    for (j, b) in blocks.iter().enumerate() {
+        push(&b.cidr, j as u32, (Edge::CidrIn, Edge::CidrOut));
+        for e in &b.except {
+            push(e, j as u32, (Edge::ExceptIn, Edge::ExceptOut));
         }
     }
+    events.sort_by_key(|&(family, at, ..)| (family, at));
+    let mut in_cidr = vec![false; blocks.len()];
+    let mut excepted = vec![0u32; blocks.len()];
     // Intervals with the same membership in every block are one range.
     let mut by_signature: BTreeMap<Vec<u32>, Vec<Interval>> = BTreeMap::new();
-    for (family, mut points) in cuts {
-        points.sort_unstable();
-        points.dedup();
-        for (k, &start) in points.iter().enumerate() {
-            let end = points.get(k + 1).map(|next| next - 1).unwrap_or(family.max());
-            let ip = family.addr(start);
-            let signature: Vec<u32> =
-                blocks.iter().enumerate().filter(|(_, b)| b.contains(ip)).map(|(j, _)| j as u32).collect();
-            let intervals = by_signature.entry(signature).or_default();
+    for family in [Family::V4, Family::V6] {
+        let mine: Vec<&(Family, u128, u32, Edge)> = events.iter().filter(|e| e.0 == family).collect();
+        let mut members: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
+        let mut k = 0;
+        let mut start = 0u128;
+        loop {
+            while k < mine.len() && mine[k].1 == start {
+                let (_, _, j, edge) = *mine[k];
+                let j = j as usize;
+                match edge {
+                    Edge::CidrIn => in_cidr[j] = true,
+                    Edge::CidrOut => in_cidr[j] = false,
+                    Edge::ExceptIn => excepted[j] += 1,
+                    Edge::ExceptOut => excepted[j] -= 1,
+                }
+                if in_cidr[j] && excepted[j] == 0 {
+                    members.insert(j as u32);
+                } else {
+                    members.remove(&(j as u32));
+                }
+                k += 1;
+            }
+            let end = mine.get(k).map(|next| next.1 - 1).unwrap_or(family.max());
+            let intervals = by_signature.entry(members.iter().copied().collect()).or_default();
             match intervals.last_mut() {
-                Some(last) if last.0 == family && last.2 + 1 == start => last.2 = end,
+                Some(last) if last.0 == family && last.2.checked_add(1) == Some(start) => last.2 = end,
                 _ => intervals.push((family, start, end)),
+            }
+            match mine.get(k) {
+                Some(next) => start = next.1,
+                None => break,
             }
         }
     }

@@ -29,7 +29,7 @@ pub struct Matrix {
     class_of: Vec<u32>,
     /// Endpoint indexes (into `endpoints`) of each class.
     pub classes: Vec<Vec<usize>>,
-    cells: Vec<u32>,
+    cells: Cells,
     conns: Vec<ConnSet>,
 }
 
@@ -96,7 +96,7 @@ impl Matrix {
         };
         let none = intern(ConnSet::none());
         let all = intern(ConnSet::all());
-        let mut cells = vec![none; n * n];
+        let mut cells = Cells::new(endpoint_classes, n, none);
         // Not isolated in a direction (or outside the cluster): that side allows everything.
         let open = |c: usize, direction: Direction| match end(classes[c][0]) {
             FlowEnd::Endpoint(id) => engine.compiled(engine.endpoint_identity(id)).direction(direction).is_none(),
@@ -107,10 +107,7 @@ impl Matrix {
         for a in 0..n {
             let src = end(classes[a][0]);
             let egress_peers = candidates.egress[a].as_ref();
-            for b in 0..n {
-                if a >= endpoint_classes && b >= endpoint_classes {
-                    continue; // between two outside addresses: not the cluster's traffic
-                }
+            for b in cells.columns(a) {
                 // Denied by construction: no rule of an isolated side can match the other.
                 let excluded = egress_peers.is_some_and(|c| !c.contains(b as u32))
                     || candidates.ingress[b].as_ref().is_some_and(|c| !c.contains(a as u32));
@@ -118,7 +115,7 @@ impl Matrix {
                     continue;
                 }
                 if open_egress[a] && open_ingress[b] && (a != b || classes[b].len() > 1) {
-                    cells[a * n + b] = all;
+                    cells.set(a, b, all);
                     continue;
                 }
                 let dst_index = if a == b {
@@ -132,7 +129,7 @@ impl Matrix {
                     classes[b][0]
                 };
                 let conn = engine.connections(&src, &end(dst_index));
-                cells[a * n + b] = intern(conn);
+                cells.set(a, b, intern(conn));
             }
         }
         Matrix { endpoints, externals, class_of, classes, cells, conns }
@@ -162,8 +159,7 @@ impl Matrix {
 
     /// Connections from endpoint index `i` to endpoint index `j` (`i != j`).
     pub fn get(&self, i: usize, j: usize) -> &ConnSet {
-        let n = self.classes.len();
-        &self.conns[self.cells[self.class_of[i] as usize * n + self.class_of[j] as usize] as usize]
+        &self.conns[self.cells.get(self.class_of[i] as usize, self.class_of[j] as usize) as usize]
     }
 
     pub fn class_count(&self) -> usize {
@@ -188,16 +184,16 @@ impl Matrix {
         let self_cell = |a: usize| -> Option<u32> {
             let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
             for b in (0..n).filter(|&b| b != a && same_namespace(a, b)) {
-                *counts.entry(self.cells[a * n + b]).or_default() += 1;
+                *counts.entry(self.cells.get(a, b)).or_default() += 1;
             }
             counts.into_iter().max_by_key(|(c, k)| (*k, std::cmp::Reverse(*c))).map(|(c, _)| c)
         };
         let mut by_signature: BTreeMap<Vec<(u32, Vec<u32>)>, Vec<u32>> = BTreeMap::new();
         for a in 0..n {
             let mut row: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-            for b in 0..n {
-                let lone_pod = self.classes[a].len() == 1 && key(a).is_some_and(|k| k.kind.is_none());
-                let cell = if a == b && lone_pod { self_cell(a) } else { Some(self.cells[a * n + b]) };
+            let lone_pod = self.classes[a].len() == 1 && key(a).is_some_and(|k| k.kind.is_none());
+            for b in self.cells.columns(a) {
+                let cell = if a == b && lone_pod { self_cell(a) } else { Some(self.cells.get(a, b)) };
                 match cell {
                     Some(c) if Some(c) != none_id => row.entry(c).or_default().push(b as u32),
                     _ => {}
@@ -225,6 +221,54 @@ impl Matrix {
             (a.sources.first(), a.destinations.first()).cmp(&(b.sources.first(), b.destinations.first()))
         });
         rows
+    }
+}
+
+/// The connection-set ids of class pairs: every endpoint class to every
+/// class, every outside range to every endpoint class. Two outside ranges
+/// have no cell (traffic between them is not the cluster's), so a thousand
+/// ranges cost a thousand rows of endpoint columns, not a million cells.
+struct Cells {
+    endpoint_classes: usize,
+    classes: usize,
+    data: Vec<u32>,
+    none: u32,
+}
+
+impl Cells {
+    fn new(endpoint_classes: usize, classes: usize, none: u32) -> Self {
+        let size = endpoint_classes * classes + (classes - endpoint_classes) * endpoint_classes;
+        Cells { endpoint_classes, classes, data: vec![none; size], none }
+    }
+
+    fn index(&self, a: usize, b: usize) -> Option<usize> {
+        let e = self.endpoint_classes;
+        if a < e {
+            Some(a * self.classes + b)
+        } else if b < e {
+            Some(e * self.classes + (a - e) * e + b)
+        } else {
+            None
+        }
+    }
+
+    fn get(&self, a: usize, b: usize) -> u32 {
+        self.index(a, b).map_or(self.none, |i| self.data[i])
+    }
+
+    fn set(&mut self, a: usize, b: usize, id: u32) {
+        if let Some(i) = self.index(a, b) {
+            self.data[i] = id;
+        }
+    }
+
+    /// The classes row `a` has cells for.
+    fn columns(&self, a: usize) -> std::ops::Range<usize> {
+        if a < self.endpoint_classes {
+            0..self.classes
+        } else {
+            0..self.endpoint_classes
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use crate::field::{FieldError, FieldPath};
 use crate::load::{Located, Manifests, Object, ObjectRef, Problem};
 use crate::objects::{Namespace, Node, Service};
 use crate::policy::NetworkPolicy;
-use crate::replicas::{self, Read};
+use crate::replicas::{self, Read, Visible};
 
 #[derive(Debug, Clone, Default)]
 pub struct Cluster {
@@ -62,8 +62,9 @@ impl Cluster {
                 Object::Service(s) => cluster.services.push(s),
             }
         }
+        let visible = Visible::new(&cluster.policies, endpoints.values().flatten().map(|r| &r.endpoint));
         for (key, reads) in endpoints {
-            let (eps, notice) = replicas::endpoints(&key, reads);
+            let (eps, notice) = replicas::endpoints(&key, reads, &visible);
             cluster.endpoints.extend(eps);
             notices.extend(notice.map(Notice));
         }

@@ -328,7 +328,12 @@ fn parse_document(doc: Doc, location: Location, out: &mut Manifests) {
     if kind.ends_with("List") {
         match as_value(&doc) {
             Ok(Value::Object(mut map)) => {
-                if let Some(Value::Array(items)) = map.remove("items") {
+                // client-go writes an empty list's items as `null`.
+                let items = match map.remove("items") {
+                    Some(Value::Null) => Some(Value::Array(Vec::new())),
+                    other => other,
+                };
+                if let Some(Value::Array(items)) = items {
                     // A typed list (`PodList`, as the API server returns it)
                     // leaves `kind` and `apiVersion` off its items.
                     let item_kind = kind.strip_suffix("List").filter(|k| !k.is_empty());

@@ -1,13 +1,41 @@
 //! The pods of one workload as endpoints: one endpoint while they agree on
-//! everything policy sees (labels, named ports, hostNetwork and, for
-//! hostNetwork pods, the node whose address they share), one endpoint per
-//! difference when they do not. A pod is never judged with another pod's
-//! labels.
+//! everything policy sees (the labels some policy's pod selector looks at,
+//! named ports, hostNetwork, and the node when a hostNetwork pod runs
+//! there: traffic between a pod and its node is always allowed), one
+//! endpoint per difference when they do not. A pod is never judged with
+//! another pod's labels or node; a label no policy reads splits nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use crate::endpoint::{Endpoint, EndpointKey};
 use crate::labels::Labels;
+use crate::policy::{NetworkPolicy, Peer};
+
+/// What of a pod the cluster's policies can see.
+pub(crate) struct Visible {
+    /// Label keys some policy's pod selector (target or peer) reads.
+    label_keys: HashSet<String>,
+    /// Nodes where a hostNetwork pod runs.
+    host_nodes: HashSet<String>,
+}
+
+impl Visible {
+    pub fn new<'a>(policies: &[NetworkPolicy], endpoints: impl Iterator<Item = &'a Endpoint>) -> Self {
+        let mut label_keys = HashSet::new();
+        for p in policies {
+            let peers = [&p.ingress, &p.egress].into_iter().flatten().flatten().flat_map(|r| &r.peers);
+            let selectors = std::iter::once(&p.pod_selector).chain(peers.filter_map(|peer| match peer {
+                Peer::Selector(s) => Some(&s.pods),
+                Peer::IpBlock(_) => None,
+            }));
+            for selector in selectors {
+                label_keys.extend(selector.requirements().iter().map(|r| r.key().to_string()));
+            }
+        }
+        let host_nodes = endpoints.filter(|e| e.host_network).filter_map(|e| e.node.clone()).collect();
+        Visible { label_keys, host_nodes }
+    }
+}
 
 /// One endpoint as read: a Pod, or a workload's template.
 pub(crate) struct Read {
@@ -24,35 +52,42 @@ struct Signature {
     labels: Labels,
     named_ports: BTreeMap<String, String>,
     host_network: bool,
-    /// A hostNetwork pod has its node's address.
-    host_node: Option<String>,
+    /// Where a hostNetwork pod runs, or any pod on a node with one.
+    node: Option<String>,
 }
 
 impl Signature {
-    fn of(ep: &Endpoint) -> Self {
+    fn of(ep: &Endpoint, visible: &Visible) -> Self {
+        let node_matters = ep.host_network || ep.node.as_ref().is_some_and(|n| visible.host_nodes.contains(n));
         Signature {
-            labels: ep.labels.clone(),
+            labels: ep
+                .labels
+                .iter()
+                .filter(|(k, _)| visible.label_keys.contains(*k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             named_ports: ep
                 .ports
                 .iter()
                 .filter_map(|p| p.name.as_ref().map(|n| (n.clone(), format!("{}/{}", p.port, p.protocol))))
                 .collect(),
             host_network: ep.host_network,
-            host_node: if ep.host_network { ep.node.clone() } else { None },
+            node: if node_matters { ep.node.clone() } else { None },
         }
     }
 
-    /// Every attribute as `(key, value)`, in one namespace of keys.
+    /// Every attribute as `(key, value)`. The keys that are not labels
+    /// have a `:`, which no label key can have.
     fn attributes(&self) -> BTreeMap<String, String> {
         let mut out = self.labels.clone();
         for (name, port) in &self.named_ports {
             out.insert(format!("port:{name}"), port.clone());
         }
         if self.host_network {
-            out.insert("hostNetwork".into(), "true".into());
+            out.insert("pod:hostNetwork".into(), "true".into());
         }
-        if let Some(node) = &self.host_node {
-            out.insert("node".into(), node.clone());
+        if let Some(node) = &self.node {
+            out.insert("pod:node".into(), node.clone());
         }
         out
     }
@@ -60,7 +95,7 @@ impl Signature {
 
 /// The endpoints for everything read under one key, and a notice when the
 /// pods had to be told apart.
-pub(crate) fn endpoints(key: &EndpointKey, reads: Vec<Read>) -> (Vec<Endpoint>, Option<String>) {
+pub(crate) fn endpoints(key: &EndpointKey, reads: Vec<Read>, visible: &Visible) -> (Vec<Endpoint>, Option<String>) {
     // Pods are what runs: in a dump with both, a workload's template (and
     // its old ReplicaSets' templates) only repeat or predate them.
     let has_pods = reads.iter().any(|r| !r.endpoint.pods.is_empty());
@@ -71,7 +106,7 @@ pub(crate) fn endpoints(key: &EndpointKey, reads: Vec<Read>) -> (Vec<Endpoint>, 
         .map(|r| r.endpoint);
     let mut groups: BTreeMap<Signature, Vec<Endpoint>> = BTreeMap::new();
     for ep in members {
-        groups.entry(Signature::of(&ep)).or_default().push(ep);
+        groups.entry(Signature::of(&ep, visible)).or_default().push(ep);
     }
     if groups.len() <= 1 {
         return (groups.into_values().map(merge).collect(), None);
@@ -98,16 +133,21 @@ pub(crate) fn endpoints(key: &EndpointKey, reads: Vec<Read>) -> (Vec<Endpoint>, 
         out.push(ep);
     }
     let names: Vec<String> = out.iter().map(|e| e.key.to_string()).collect();
-    let notice =
-        format!("the pods of {key} differ in what policies see; each kind is its own endpoint: {}", names.join(", "));
+    let notice = format!(
+        "the pods of {key} differ in what policies see; each variant is its own endpoint: {}",
+        names.join(", ")
+    );
     (out, Some(notice))
 }
 
-/// Replicas that agree: one endpoint with all their addresses and pods.
+/// Replicas that agree: one endpoint with all their addresses and pods,
+/// and the labels they all have (they may differ only in labels no policy
+/// reads).
 fn merge(group: Vec<Endpoint>) -> Endpoint {
     let mut it = group.into_iter();
     let mut first = it.next().expect("a group has a member");
     for ep in it {
+        first.labels.retain(|k, v| ep.labels.get(k) == Some(v));
         first.ips.extend(ep.ips);
         first.ports.extend(ep.ports);
         first.pods.extend(ep.pods);

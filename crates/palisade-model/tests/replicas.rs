@@ -18,6 +18,13 @@ fn pod(name: &str, owner: Option<(&str, &str)>, labels: Value, ip: &str) -> Valu
     p
 }
 
+/// A policy whose pod selector reads `keys`: labels no policy reads split nothing.
+fn reading(keys: &[&str]) -> Value {
+    let expressions: Vec<Value> = keys.iter().map(|k| json!({"key": k, "operator": "Exists"})).collect();
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "reads", "namespace": "shop"},
+        "spec": {"podSelector": {}, "ingress": [{"from": [{"podSelector": {"matchExpressions": expressions}}]}]}})
+}
+
 fn cluster(items: Vec<Value>) -> (Cluster, Vec<String>) {
     let text = json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string();
     let m = parse_sources(&[Source { name: "dump.json".into(), text }]);
@@ -48,6 +55,7 @@ fn replicas_that_agree_are_one_endpoint() {
 #[test]
 fn replicas_that_differ_in_labels_are_told_apart_by_the_difference() {
     let (c, notices) = cluster(vec![
+        reading(&["role"]),
         pod("db-0", Some(("StatefulSet", "db")), json!({"app": "db", "role": "primary"}), "10.0.0.2"),
         pod("db-1", Some(("StatefulSet", "db")), json!({"app": "db", "role": "replica"}), "10.0.0.3"),
         pod("db-2", Some(("StatefulSet", "db")), json!({"app": "db", "role": "replica"}), "10.0.0.4"),
@@ -65,6 +73,15 @@ fn replicas_that_differ_in_labels_are_told_apart_by_the_difference() {
         notices[0].contains("shop/db[StatefulSet]") && notices[0].contains("shop/db[StatefulSet:role=primary]"),
         "{notices:?}"
     );
+    // A label no policy reads splits nothing: the pods share the labels they agree on.
+    let (c, notices) = cluster(vec![
+        reading(&["app"]),
+        pod("db-0", Some(("StatefulSet", "db")), json!({"app": "db", "debug": "1"}), "10.0.0.2"),
+        pod("db-1", Some(("StatefulSet", "db")), json!({"app": "db"}), "10.0.0.3"),
+    ]);
+    assert_eq!(keys(&c), ["shop/db[StatefulSet]"]);
+    assert_eq!(c.endpoints[0].labels.len(), 1);
+    assert!(notices.is_empty(), "{notices:?}");
 }
 
 #[test]
@@ -87,8 +104,30 @@ fn replicas_that_differ_in_named_ports_or_host_network_are_told_apart() {
         p
     };
     let (c, _) = cluster(vec![host("proxy-a", "n1"), host("proxy-b", "n2")]);
-    assert_eq!(keys(&c), ["shop/proxy[DaemonSet:node=n1]", "shop/proxy[DaemonSet:node=n2]"]);
+    assert_eq!(keys(&c), ["shop/proxy[DaemonSet:pod:node=n1]", "shop/proxy[DaemonSet:pod:node=n2]"]);
     assert_eq!(c.endpoints[1].node.as_deref(), Some("n2"));
+    // A pod on a node where a hostNetwork pod runs is node-local to it: its
+    // replicas on other nodes are not, so the node tells them apart.
+    let on = |name: &str, node: &str| {
+        let mut p = pod(name, Some(("ReplicaSet", "web-1")), json!({"app": "web"}), "10.0.0.5");
+        p["spec"]["nodeName"] = json!(node);
+        p
+    };
+    let (c, _) = cluster(vec![host("proxy-a", "n1"), on("web-a", "n1"), on("web-b", "n2"), on("web-c", "n2")]);
+    let names = keys(&c);
+    assert!(names.contains(&"shop/web-1[ReplicaSet:pod:node=n1]".to_string()), "{names:?}");
+    assert!(names.contains(&"shop/web-1[ReplicaSet:!pod:node]".to_string()), "{names:?}");
+    // A label spelled like an attribute cannot collide with one.
+    let mut lookalike =
+        pod("ds-1", Some(("DaemonSet", "ds")), json!({"hostNetwork": "true", "node": "n1"}), "10.0.0.6");
+    lookalike["spec"]["nodeName"] = json!("n1");
+    let mut real = pod("ds-2", Some(("DaemonSet", "ds")), json!({}), "192.168.0.1");
+    real["spec"]["hostNetwork"] = json!(true);
+    real["spec"]["nodeName"] = json!("n1");
+    let (c, _) = cluster(vec![reading(&["hostNetwork", "node"]), lookalike, real]);
+    let names = keys(&c);
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert_ne!(names[0], names[1]);
 }
 
 #[test]
@@ -167,6 +206,7 @@ fn grouped_and_per_pod_views_hold_the_same_pods() {
     let mut done = pod("job-x", Some(("Job", "job")), json!({"app": "job"}), "10.0.0.9");
     done["status"]["phase"] = json!("Succeeded");
     let items = vec![
+        reading(&["v"]),
         pod(
             "web-1",
             Some(("ReplicaSet", "web-7d")),
@@ -194,12 +234,13 @@ fn grouped_and_per_pod_views_hold_the_same_pods() {
     let read = || parse_sources(&[Source { name: "dump.json".into(), text: text.clone() }]);
     let (grouped, _, _) = Cluster::from_manifests(read());
     let (per_pod, _, _) = Cluster::from_manifests(read().per_pod());
-    type View = Vec<(String, Vec<(String, String)>, bool)>;
+    type View = Vec<(String, Vec<(String, String)>, bool, Option<String>)>;
     let view = |c: &Cluster| -> View {
         let mut v: View = Vec::new();
         for e in &c.endpoints {
             for p in &e.pods {
-                v.push((format!("{}/{p}", e.key.namespace), e.labels.clone().into_iter().collect(), e.host_network));
+                let labels = e.labels.clone().into_iter().collect();
+                v.push((format!("{}/{p}", e.key.namespace), labels, e.host_network, e.node.clone()));
             }
         }
         v.sort();

@@ -254,10 +254,11 @@ fn empty_and_null_documents_are_skipped() {
     let m = parse_sources(&[Source { name: "in.yaml".into(), text: yaml.into() }]);
     assert!(m.problems.is_empty(), "{:?}", m.problems);
     assert_eq!(m.objects.len(), 1);
-    let json = "null\n{\"apiVersion\": \"v1\", \"kind\": \"List\", \"items\": [null]}\n";
+    let json = "null\n{\"apiVersion\": \"v1\", \"kind\": \"List\", \"items\": [null]}\n{\"apiVersion\": \"v1\", \"kind\": \"PodList\", \"items\": null}\n";
     let m = parse_sources(&[Source { name: "in.json".into(), text: json.into() }]);
     assert!(m.problems.is_empty(), "{:?}", m.problems);
     assert!(m.objects.is_empty());
+    assert!(m.skipped.is_empty(), "an empty typed list is not a kind we skip: {:?}", m.skipped);
 }
 
 #[test]

@@ -266,6 +266,9 @@ pub fn run_analyze(manifests: &[Value], ports: &[String], extra: &[&str]) -> Res
         return Err(format!("unexpected header in:\n{stdout}"));
     }
     lines
+        // A workload with itself (traffic between its replicas) is not a
+        // pair the scenarios describe.
+        .filter(|l| l.split('\t').next() != l.split('\t').nth(1))
         .map(|l| {
             let f: Vec<&str> = l.split('\t').collect();
             if f.len() != 5 {

@@ -27,20 +27,22 @@ fn select(patterns: &[String], flag: &str, engine: &Engine, matrix: &Matrix) -> 
     if patterns.is_empty() {
         return Ok((0..matrix.len()).map(all).collect());
     }
-    let mut picked: std::collections::BTreeMap<usize, Option<IpAddr>> = std::collections::BTreeMap::new();
+    // (member, address): several addresses of one outside range are several picks.
+    let mut picked: std::collections::BTreeSet<(usize, Option<IpAddr>)> = std::collections::BTreeSet::new();
     for pattern in patterns {
         if let Ok(ip) = pattern.parse::<IpAddr>() {
-            // A pod's address is that pod, as in `explain`.
-            let endpoint = matrix.endpoints.iter().position(|id| engine.endpoint(*id).ips.contains(&ip));
-            match endpoint {
-                Some(i) => {
-                    picked.insert(i, None);
+            // A pod's address is that pod, as in `explain` (hostNetwork
+            // pods share their node's: every one of them).
+            let before = picked.len();
+            for (i, id) in matrix.endpoints.iter().enumerate() {
+                if engine.endpoint(*id).ips.contains(&ip) {
+                    picked.insert((i, None));
                 }
-                None => {
-                    let k = (matrix.endpoints.len()..matrix.len()).find(|&k| matrix.external(k).unwrap().contains(ip));
-                    if let Some(k) = k {
-                        picked.insert(k, Some(ip));
-                    }
+            }
+            if picked.len() == before {
+                let k = (matrix.endpoints.len()..matrix.len()).find(|&k| matrix.external(k).unwrap().contains(ip));
+                if let Some(k) = k {
+                    picked.insert((k, Some(ip)));
                 }
             }
         } else if let Ok(net) = pattern.parse::<ipnet::IpNet>() {
@@ -50,13 +52,13 @@ fn select(patterns: &[String], flag: &str, engine: &Engine, matrix: &Matrix) -> 
                     None => engine.endpoint(matrix.endpoints[i]).ips.iter().any(|ip| net.contains(ip)),
                 };
                 if hit {
-                    picked.insert(i, None);
+                    picked.insert((i, None));
                 }
             }
         } else {
             for (i, id) in matrix.endpoints.iter().enumerate() {
                 if endpoint_matches(pattern, engine.endpoint(*id)) {
-                    picked.insert(i, None);
+                    picked.insert((i, None));
                 }
             }
             if pattern == "*" {
@@ -75,6 +77,9 @@ pub fn run(args: &AnalyzeArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
     if args.pairs && !matches!(args.format, AnalyzeFormat::Tsv | AnalyzeFormat::Json | AnalyzeFormat::Jsonl) {
         return Err(Failure::Usage("--pairs writes one row per pair: use -o tsv, json or jsonl".into()).into());
     }
+    if args.pairs && !probes.is_empty() {
+        return Err(Failure::Usage("--port already gives one row per pair and probe: drop --pairs".into()).into());
+    }
     let (_, engine) = load_input(&args.input, ui)?;
     let matrix = Matrix::compute(&engine);
     let names = Names::new(&engine, &matrix);
@@ -84,7 +89,7 @@ pub fn run(args: &AnalyzeArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
         return per_probe(args.format, &engine, &matrix, &names, &sources, &destinations, &probes, out);
     }
     if args.pairs {
-        return per_pair(args.format, &matrix, &names, &sources, &destinations, out);
+        return per_pair(args.format, &engine, &matrix, &names, &sources, &destinations, out);
     }
     let rows = filtered_rows(&matrix, &engine, &sources, &destinations);
     let items = |r: &palisade_engine::GroupRow| (names.items(&r.sources), names.items(&r.destinations));
@@ -178,15 +183,25 @@ fn filtered_rows(
 
 /// Every ordered pair with a connection, one per line as it is found:
 /// memory stays flat whatever the number of pairs.
+/// Is (s, d) a pair to show: not two outside ranges, not a pod with
+/// itself; a workload with itself is traffic between its replicas.
+fn pair_shown(matrix: &Matrix, engine: &Engine, s: &Pick, d: &Pick) -> bool {
+    let n = matrix.endpoints.len();
+    if s.member >= n && d.member >= n {
+        return false;
+    }
+    s.member != d.member || (s.member < n && engine.endpoint(matrix.endpoints[s.member]).key.kind.is_some())
+}
+
 fn per_pair(
     format: AnalyzeFormat,
+    engine: &Engine,
     matrix: &Matrix,
     names: &Names,
     sources: &[Pick],
     destinations: &[Pick],
     out: &mut dyn Write,
 ) -> Result<()> {
-    let n = matrix.endpoints.len();
     match format {
         AnalyzeFormat::Tsv => writeln!(out, "src\tdst\tconnections")?,
         AnalyzeFormat::Json => write!(out, "[")?,
@@ -194,7 +209,7 @@ fn per_pair(
     }
     let mut first = true;
     for s in sources {
-        for d in destinations.iter().filter(|d| d.member != s.member && (s.member < n || d.member < n)) {
+        for d in destinations.iter().filter(|d| pair_shown(matrix, engine, s, d)) {
             let c = matrix.get(s.member, d.member);
             if c.is_none() {
                 continue;
@@ -249,7 +264,6 @@ fn per_probe(
     probes: &[(palisade_model::Protocol, u16)],
     out: &mut dyn Write,
 ) -> Result<()> {
-    let n = matrix.endpoints.len();
     let name = |p: &Pick| p.address.map(|a| a.to_string()).unwrap_or_else(|| names.names[p.member].clone());
     let end = |p: &Pick| p.address.map(FlowEnd::Address).unwrap_or_else(|| matrix.end(p.member));
     // An outside address's verdicts are its range's (the ranges are cut so).
@@ -262,10 +276,7 @@ fn per_probe(
     };
     let pairs = || {
         sources.iter().flat_map(move |s| {
-            destinations
-                .iter()
-                .filter(move |d| d.member != s.member && (s.member < n || d.member < n))
-                .map(move |d| (s, d))
+            destinations.iter().filter(move |d| pair_shown(matrix, engine, s, d)).map(move |d| (s, d))
         })
     };
     match format {

@@ -9,18 +9,20 @@ use palisade_model::EndpointKey;
 use crate::cli::{ExplainArgs, TextOrJson};
 use crate::input::{load_input, parse_probe, Failure, Ui};
 
-fn resolve(engine: &Engine, s: &str) -> Result<FlowEnd, Failure> {
+/// The flow end `s` names and, when it names one pod of an endpoint (by
+/// name or address), that pod.
+fn resolve(engine: &Engine, s: &str) -> Result<(FlowEnd, Option<String>), Failure> {
     if let Ok(ip) = s.parse::<std::net::IpAddr>() {
         // A pod's address is that pod: its policies apply.
-        return Ok(engine
-            .endpoints()
-            .find(|(_, e)| e.ips.contains(&ip))
-            .map(|(id, _)| FlowEnd::Endpoint(id))
-            .unwrap_or(FlowEnd::Address(ip)));
+        return Ok(match engine.endpoints().find(|(_, e)| e.ips.contains(&ip)) {
+            Some((id, _)) => (FlowEnd::Endpoint(id), Some(ip.to_string())),
+            None => (FlowEnd::Address(ip), None),
+        });
     }
     let key = EndpointKey::parse(s);
     if let Some(id) = engine.endpoint_id(&key) {
-        return Ok(FlowEnd::Endpoint(id));
+        let pod = key.kind.is_none().then(|| key.to_string());
+        return Ok((FlowEnd::Endpoint(id), pod));
     }
     // `ns/name` also finds a workload `ns/name[Kind]` when only one has
     // that name, and the endpoint a pod `ns/name` is part of;
@@ -36,8 +38,10 @@ fn resolve(engine: &Engine, s: &str) -> Result<FlowEnd, Failure> {
         })
         .map(|(id, _)| id)
         .collect();
+    let pod = (key.kind.is_none()).then(|| format!("{}/{}", key.namespace, key.name));
     match candidates.as_slice() {
-        [one] => Ok(FlowEnd::Endpoint(*one)),
+        [one] if engine.endpoint(*one).pods.contains(&key.name) => Ok((FlowEnd::Endpoint(*one), pod)),
+        [one] => Ok((FlowEnd::Endpoint(*one), None)),
         [] => Err(Failure::Usage(format!("{s:?}: no such endpoint (write ns/name, ns/name[Kind], or an IP address)"))),
         many => Err(Failure::Usage(format!(
             "{s:?} is ambiguous: {}",
@@ -49,8 +53,19 @@ fn resolve(engine: &Engine, s: &str) -> Result<FlowEnd, Failure> {
 pub fn run(args: &ExplainArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
     let (protocol, port) = parse_probe(&args.port)?;
     let (_, engine) = load_input(&args.input, ui)?;
-    let flow = Flow { src: resolve(&engine, &args.src)?, dst: resolve(&engine, &args.dst)?, protocol, port };
-    let e = engine.explain(&flow);
+    let ((src, src_pod), (dst, dst_pod)) = (resolve(&engine, &args.src)?, resolve(&engine, &args.dst)?);
+    let flow = Flow { src, dst, protocol, port };
+    let mut e = engine.explain(&flow);
+    if src == dst && src_pod.is_some() && src_pod == dst_pod {
+        // One pod on both ends (by name or address), though its endpoint
+        // is a workload's: its traffic to itself.
+        e.allowed = true;
+        for side in [&mut e.egress, &mut e.ingress] {
+            side.verdict = palisade_engine::SideVerdict::SelfTraffic;
+            side.decision = side.verdict.name();
+            side.policies.clear();
+        }
+    }
     if args.format == TextOrJson::Json {
         serde_json::to_writer_pretty(&mut *out, &e)?;
         writeln!(out)?;
