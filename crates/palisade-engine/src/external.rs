@@ -20,6 +20,9 @@ pub struct ExternalRange {
     /// An address of the range that is no endpoint's: the range's
     /// verdicts are this address's.
     pub representative: IpAddr,
+    /// The blocks (indexes into the slice the ranges were cut by) that
+    /// hold every address of the range.
+    pub blocks: Vec<u32>,
 }
 
 impl ExternalRange {
@@ -145,13 +148,14 @@ pub fn external_ranges(blocks: &[Arc<IpBlock>], endpoint_ips: &HashSet<IpAddr>) 
         }
     }
     let mut out: Vec<ExternalRange> = by_signature
-        .into_values()
-        .filter_map(|intervals| {
+        .into_iter()
+        .filter_map(|(blocks, intervals)| {
             let representative = representative(&intervals, endpoint_ips)?;
             Some(ExternalRange {
                 name: name(&intervals),
                 intervals: intervals.iter().map(|&(f, lo, hi)| (f.addr(lo), f.addr(hi))).collect(),
                 representative,
+                blocks,
             })
         })
         .collect();

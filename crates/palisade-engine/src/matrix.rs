@@ -82,7 +82,7 @@ impl Matrix {
             None => FlowEnd::Address(externals[i - endpoints.len()].representative),
         };
         let n = classes.len();
-        let candidates = PeerCandidates::new(engine, &end, &classes, &blocks);
+        let candidates = PeerCandidates::new(engine, &end, &classes, &blocks, &externals);
         let mut interned: HashMap<ConnSet, u32> = HashMap::new();
         let mut conns = Vec::new();
         let mut intern = |c: ConnSet| -> u32 {
@@ -104,6 +104,14 @@ impl Matrix {
         };
         let open_egress: Vec<bool> = (0..n).map(|c| open(c, Direction::Egress)).collect();
         let open_ingress: Vec<bool> = (0..n).map(|c| open(c, Direction::Ingress)).collect();
+        let block_index: HashMap<&IpBlock, u32> = blocks.iter().enumerate().map(|(j, b)| (&**b, j as u32)).collect();
+        let sides = |direction| -> Vec<Option<BlockConns>> {
+            if externals.is_empty() {
+                return Vec::new();
+            }
+            (0..endpoint_classes).map(|c| BlockConns::of(engine, end(classes[c][0]), direction, &block_index)).collect()
+        };
+        let (to_outside, from_outside) = (sides(Direction::Egress), sides(Direction::Ingress));
         for a in 0..n {
             let src = end(classes[a][0]);
             let egress_peers = candidates.egress[a].as_ref();
@@ -116,6 +124,18 @@ impl Matrix {
                 }
                 if open_egress[a] && open_ingress[b] && (a != b || classes[b].len() > 1) {
                     cells.set(a, b, all);
+                    continue;
+                }
+                // With an outside range only the endpoint's side decides:
+                // the union of what its entries for the range's blocks open.
+                if b >= endpoint_classes {
+                    let range = &externals[b - endpoint_classes];
+                    cells.set(a, b, intern(BlockConns::outside(&to_outside[a], &range.blocks)));
+                    continue;
+                }
+                if a >= endpoint_classes {
+                    let range = &externals[a - endpoint_classes];
+                    cells.set(a, b, intern(BlockConns::outside(&from_outside[b], &range.blocks)));
                     continue;
                 }
                 let dst_index = if a == b {
@@ -224,6 +244,49 @@ impl Matrix {
     }
 }
 
+/// One direction of an isolated endpoint class, as an outside range sees
+/// it: what its any-peer entries open, and what its ipBlock entries open,
+/// by block. `None`: not isolated, everything is open.
+struct BlockConns {
+    any: ConnSet,
+    by_block: HashMap<u32, ConnSet>,
+}
+
+impl BlockConns {
+    fn of(engine: &Engine, end: FlowEnd, direction: Direction, blocks: &HashMap<&IpBlock, u32>) -> Option<Self> {
+        let FlowEnd::Endpoint(id) = end else { return None };
+        let identity = engine.endpoint_identity(id);
+        let side = engine.compiled(identity).direction(direction)?;
+        // Named ports resolve at the destination: this endpoint for ingress,
+        // nothing outside the cluster for egress.
+        let dst = (direction == Direction::Ingress).then(|| engine.identity(identity));
+        let mut out = BlockConns { any: ConnSet::none(), by_block: HashMap::new() };
+        for e in &side.entries {
+            match &e.peer {
+                PeerMatch::Any => out.any.union(&Engine::entry_ports(&e.ports, dst)),
+                PeerMatch::IpBlock(b) => {
+                    let j = blocks[&**b];
+                    out.by_block.entry(j).or_insert_with(ConnSet::none).union(&Engine::entry_ports(&e.ports, dst))
+                }
+                // Selectors select endpoints, never outside addresses.
+                PeerMatch::Selector(_) => {}
+            }
+        }
+        Some(out)
+    }
+
+    fn outside(side: &Option<BlockConns>, range_blocks: &[u32]) -> ConnSet {
+        let Some(side) = side else { return ConnSet::all() };
+        let mut out = side.any.clone();
+        for j in range_blocks {
+            if let Some(c) = side.by_block.get(j) {
+                out.union(c);
+            }
+        }
+        out
+    }
+}
+
 /// The connection-set ids of class pairs: every endpoint class to every
 /// class, every outside range to every endpoint class. Two outside ranges
 /// have no cell (traffic between them is not the cluster's), so a thousand
@@ -284,24 +347,35 @@ struct PeerCandidates {
 }
 
 impl PeerCandidates {
-    fn new(engine: &Engine, end: &dyn Fn(usize) -> FlowEnd, classes: &[Vec<usize>], blocks: &[Arc<IpBlock>]) -> Self {
+    fn new(
+        engine: &Engine,
+        end: &dyn Fn(usize) -> FlowEnd,
+        classes: &[Vec<usize>],
+        blocks: &[Arc<IpBlock>],
+        externals: &[ExternalRange],
+    ) -> Self {
         let n = classes.len();
         let mut by_identity: HashMap<IdentityId, Vec<u32>> = HashMap::new();
         let mut by_block: Vec<Vec<u32>> = vec![Vec::new(); blocks.len()];
         let mut special = vec![false; n];
+        let endpoint_classes = classes.len() - externals.len();
         for (c, members) in classes.iter().enumerate() {
-            let ips = match end(members[0]) {
+            match end(members[0]) {
                 FlowEnd::Endpoint(id) => {
                     by_identity.entry(engine.endpoint_identity(id)).or_default().push(c as u32);
                     let ep = engine.endpoint(id);
                     special[c] = ep.host_network;
-                    ep.ips.clone()
+                    for (j, b) in blocks.iter().enumerate() {
+                        if ep.ips.iter().any(|ip| b.contains(*ip)) {
+                            by_block[j].push(c as u32);
+                        }
+                    }
                 }
-                FlowEnd::Address(ip) => vec![ip],
-            };
-            for (j, b) in blocks.iter().enumerate() {
-                if ips.iter().any(|ip| b.contains(*ip)) {
-                    by_block[j].push(c as u32);
+                // The cut already knows which blocks hold a range.
+                FlowEnd::Address(_) => {
+                    for &j in &externals[c - endpoint_classes].blocks {
+                        by_block[j as usize].push(c as u32);
+                    }
                 }
             }
         }

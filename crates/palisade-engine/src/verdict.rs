@@ -98,7 +98,7 @@ impl Engine {
     }
 
     /// Ports an entry opens to a destination (named ports resolve there).
-    fn entry_ports(ports: &PortMatch, dst: Option<&Identity>) -> ConnSet {
+    pub(crate) fn entry_ports(ports: &PortMatch, dst: Option<&Identity>) -> ConnSet {
         match ports {
             PortMatch::Any => ConnSet::all(),
             PortMatch::Ports(list) => {
