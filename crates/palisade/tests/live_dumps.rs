@@ -229,3 +229,164 @@ fn a_pod_is_named_by_its_own_name_in_explain_and_filters() {
     assert_eq!(out.lines().count(), 3, "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Pods of one owner on different nodes, a hostNetwork pod on one of them,
+/// and a named port that differs between two DaemonSet pods.
+fn node_and_port_dump() -> String {
+    let on = |name: &str, node: &str, ip: &str| {
+        let mut p = pod(name, "x", Some(("ReplicaSet", "web-7d")), json!({"app": "web"}), ip);
+        p["spec"]["nodeName"] = json!(node);
+        p
+    };
+    let mut exporter =
+        pod("exporter-n2", "mon", Some(("DaemonSet", "exporter")), json!({"app": "exporter"}), "192.168.0.2");
+    exporter["spec"]["hostNetwork"] = json!(true);
+    exporter["spec"]["nodeName"] = json!("n2");
+    let agent = |name: &str, port: u16, ip: &str| {
+        let mut p = pod(name, "x", Some(("DaemonSet", "agent")), json!({"app": "agent"}), ip);
+        p["spec"]["containers"][0]["ports"] = json!([{"name": "metrics", "containerPort": port}]);
+        p
+    };
+    let policies = [
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "deny", "namespace": "x"},
+            "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"]}}),
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "metrics", "namespace": "x"},
+            "spec": {"podSelector": {"matchLabels": {"app": "agent"}}, "ingress": [{"ports": [{"port": "metrics"}]}]}}),
+    ];
+    let pods = [
+        on("web-7d-a", "n1", "10.0.1.2"),
+        on("web-7d-b", "n2", "10.0.2.2"),
+        exporter,
+        agent("agent-a", 9100, "10.0.1.3"),
+        agent("agent-b", 9200, "10.0.2.3"),
+    ];
+    let with_kind = |mut p: Value| {
+        if p.get("kind").is_none() {
+            p["kind"] = json!("Pod");
+            p["apiVersion"] = json!("v1");
+        }
+        p
+    };
+    let items: Vec<Value> = pods.into_iter().map(with_kind).chain(policies).collect();
+    json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string()
+}
+
+/// Regression: a pod was judged with another replica's node (node-local
+/// traffic with a hostNetwork pod) and named ports; the difference now
+/// changes the verdict as it does on the node.
+#[test]
+fn a_replica_is_judged_on_its_own_node_and_named_ports() {
+    let dir = workdir("node");
+    let file = dir.join("dump.json");
+    std::fs::write(&file, node_and_port_dump()).unwrap();
+    let f = file.to_str().unwrap();
+    let verdict = |from: &str, to: &str, port: &str| {
+        let (code, out, err) = run(&["analyze", f, "--port", port, "-o", "tsv", "--from", from, "--to", to]);
+        assert_eq!(code, 0, "{err}");
+        let rows: Vec<&str> = out.lines().skip(1).collect();
+        assert_eq!(rows.len(), 1, "{out}");
+        rows[0].rsplit('\t').next().unwrap().to_string()
+    };
+    // The exporter shares n2 with web-7d-b: node-local, allowed; web-7d-a on n1 is isolated.
+    assert_eq!(verdict("mon/exporter-n2", "x/web-7d-b", "tcp/80"), "allow");
+    assert_eq!(verdict("mon/exporter-n2", "x/web-7d-a", "tcp/80"), "deny");
+    // `metrics` is 9100 on one agent pod and 9200 on the other.
+    assert_eq!(verdict("x/web-7d-a", "x/agent-a", "tcp/9100"), "allow");
+    assert_eq!(verdict("x/web-7d-a", "x/agent-a", "tcp/9200"), "deny");
+    assert_eq!(verdict("x/web-7d-a", "x/agent-b", "tcp/9200"), "allow");
+    assert_eq!(verdict("x/web-7d-a", "x/agent-b", "tcp/9100"), "deny");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One view of a cluster: the analyzer (replicas grouped) and a node
+/// (every pod itself) give every pair of pods the same verdict.
+#[test]
+fn grouped_endpoints_decide_every_pod_pair_as_the_node_does() {
+    use palisade_engine::{Engine, Flow, FlowEnd};
+    use palisade_model::{parse_sources, Cluster, Protocol, Source};
+    let typed_lists: String = dump()
+        .into_iter()
+        .map(|(kind, api_version, items)| json!({"kind": kind, "apiVersion": api_version, "items": items}).to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    for text in [typed_lists, node_and_port_dump()] {
+        let read = || parse_sources(&[Source { name: "dump.json".into(), text: text.clone() }]);
+        let (grouped, problems, _) = Cluster::from_manifests(read());
+        assert!(problems.is_empty(), "{problems:?}");
+        let (per_pod, _, _) = Cluster::from_manifests(read().per_pod());
+        let (analyzer, node) = (Engine::from_cluster(&grouped), Engine::from_cluster(&per_pod));
+        // Each pod: its endpoint in the analyzer and in the node's view.
+        let mut pods = Vec::new();
+        for (id, ep) in analyzer.endpoints() {
+            for pod in &ep.pods {
+                let key = palisade_model::EndpointKey::pod(&ep.key.namespace, pod);
+                pods.push((format!("{key}"), id, node.endpoint_id(&key).expect("the node knows the pod")));
+            }
+        }
+        assert_eq!(pods.len(), per_pod.endpoints.len());
+        let mut checked = 0;
+        for (a, ga, na) in &pods {
+            for (b, gb, nb) in &pods {
+                if a == b {
+                    continue;
+                }
+                for (protocol, port) in
+                    [(Protocol::Tcp, 80), (Protocol::Tcp, 5432), (Protocol::Tcp, 9100), (Protocol::Udp, 53)]
+                {
+                    let flow = |s, d| Flow { src: FlowEnd::Endpoint(s), dst: FlowEnd::Endpoint(d), protocol, port };
+                    assert_eq!(
+                        analyzer.allows(&flow(*ga, *gb)),
+                        node.allows(&flow(*na, *nb)),
+                        "{a} -> {b} {protocol:?}/{port}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 50);
+    }
+}
+
+#[test]
+fn addresses_pick_every_pod_and_every_outside_address_they_name() {
+    let dir = workdir("picks");
+    let lists = write_typed_lists(&dir);
+    let f = lists.to_str().unwrap();
+    // 192.168.0.1 is the node's address: every hostNetwork pod on it.
+    let (code, out, err) =
+        run(&["analyze", f, "--port", "tcp/5432", "-o", "tsv", "--from", "192.168.0.1", "--to", "shop/db-0"]);
+    assert_eq!(code, 0, "{err}");
+    for pod in ["kube-system/kube-apiserver-n1", "kube-system/etcd-n1", "kube-system/kube-proxy[DaemonSet]"] {
+        assert!(out.contains(&format!("{pod}\t")), "{pod} in:\n{out}");
+    }
+    // Several outside addresses, even of one range, are a row each.
+    let (_, out, _) = run(&[
+        "analyze",
+        f,
+        "--port",
+        "tcp/5432",
+        "-o",
+        "tsv",
+        "--to",
+        "shop/db-0",
+        "--from",
+        "203.0.113.7",
+        "--from",
+        "198.51.100.1",
+        "--from",
+        "2001:db8::1",
+    ]);
+    for address in ["203.0.113.7", "198.51.100.1", "2001:db8::1"] {
+        assert!(out.contains(&format!("\n{address}\tshop/db[StatefulSet]\t")), "{address} in:\n{out}");
+    }
+    // One pod on both ends is its own traffic; two pods of one workload are its replicas.
+    let (code, out, _) = run(&["explain", "shop/web-7d9f8-aaaaa", "shop/web-7d9f8-aaaaa", "tcp/80", f]);
+    assert_eq!(code, 0);
+    assert!(out.lines().next().unwrap().ends_with("ALLOWED") && out.contains("self"), "{out}");
+    let (_, out, _) = run(&["analyze", f, "--port", "tcp/80", "-o", "tsv", "--from", "10.0.0.2", "--to", "10.0.0.3"]);
+    assert_eq!(out.lines().count(), 2, "a row for the replicas: {out}");
+    // --pairs and --port together are a usage error.
+    let (code, _, err) = run(&["analyze", f, "--port", "tcp/80", "--pairs", "-o", "tsv"]);
+    assert_eq!(code, 2, "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -131,7 +131,12 @@ pub fn run(args: &AnalyzeArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
             let external: Vec<_> = matrix
                 .externals
                 .iter()
-                .map(|r| json!({"name": r.name, "intervals": r.intervals.iter().map(|(a, b)| [a.to_string(), b.to_string()]).collect::<Vec<_>>()}))
+                .zip(names.externals())
+                .map(|(r, name)| {
+                    let intervals: Vec<[String; 2]> =
+                        r.intervals.iter().map(|(a, b)| [a.to_string(), b.to_string()]).collect();
+                    json!({"name": name, "intervals": intervals})
+                })
                 .collect();
             serde_json::to_writer(&mut *out, &external)?;
             write!(out, ",\n  \"connections\": [")?;

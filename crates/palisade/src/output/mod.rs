@@ -9,6 +9,9 @@ use std::collections::BTreeMap;
 
 use palisade_engine::{Engine, Matrix};
 
+/// A set's item for every range of outside addresses at once.
+pub const EVERYWHERE_OUTSIDE: &str = "(anywhere outside)";
+
 /// Display names in matrix order (endpoints, then the outside world's
 /// ranges), and per-namespace counts for compressing sets into `ns/*`.
 pub struct Names {
@@ -29,7 +32,9 @@ impl Names {
             names.push(key.to_string());
             namespaces.push(key.namespace.clone());
         }
-        names.extend(matrix.externals.iter().map(|r| r.name.clone()));
+        // In parentheses: a range's name has its own commas and `except`,
+        // and a reader sees at once that it is outside the cluster.
+        names.extend(matrix.externals.iter().map(|r| format!("({})", r.name)));
         Names { names, namespaces, endpoint_count: matrix.endpoints.len(), per_namespace }
     }
 
@@ -48,7 +53,7 @@ impl Names {
 
     /// Items of a set of member indexes (sorted): `*` for every endpoint,
     /// `ns/*` for a whole namespace, otherwise the endpoints' names; then
-    /// the outside ranges by name.
+    /// the outside ranges by name, `(anywhere outside)` for all of them.
     pub fn items(&self, set: &[usize]) -> Vec<String> {
         let split = set.partition_point(|&i| i < self.endpoint_count);
         let (endpoints, externals) = set.split_at(split);
@@ -68,7 +73,12 @@ impl Names {
                 }
             }
         }
-        out.extend(externals.iter().map(|&i| self.names[i].clone()));
+        let all_outside = externals.len() == self.names.len() - self.endpoint_count;
+        if all_outside && externals.len() > 1 {
+            out.push(EVERYWHERE_OUTSIDE.to_string());
+        } else {
+            out.extend(externals.iter().map(|&i| self.names[i].clone()));
+        }
         out
     }
 
