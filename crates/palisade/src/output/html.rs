@@ -17,12 +17,15 @@ const MAX_GRAPH_EDGES: usize = 20_000;
 
 pub fn write(out: &mut dyn Write, title: &str, names: &Names, rows: &[GroupRow]) -> io::Result<()> {
     let mut edges = Vec::new();
+    let mut too_many = false;
     let mut nodes: BTreeMap<String, usize> = BTreeMap::new();
     for row in rows {
         let srcs = names.items(&row.sources);
         let dsts = names.items(&row.destinations);
         // Past what can be drawn, edges are not even built (memory stays flat).
-        if edges.len() <= MAX_GRAPH_EDGES {
+        if edges.len() + srcs.len() * dsts.len() > MAX_GRAPH_EDGES {
+            too_many = true;
+        } else {
             for s in &srcs {
                 for d in &dsts {
                     edges.push((s.clone(), d.clone(), row.connections.to_string()));
@@ -56,7 +59,7 @@ pub fn write(out: &mut dyn Write, title: &str, names: &Names, rows: &[GroupRow])
         rows.len()
     )?;
     writeln!(out, "<h2>Graph</h2>")?;
-    if count <= MAX_GRAPH_NODES && edges.len() <= MAX_GRAPH_EDGES {
+    if count <= MAX_GRAPH_NODES && !too_many {
         let size = 300.0 + count as f64 * 12.0;
         let (cx, cy, r) = (size / 2.0, size / 2.0, size / 2.0 - 140.0);
         let pos = |i: usize| {
