@@ -59,6 +59,16 @@ pub struct Spec {
     pub seed: u64,
 }
 
+impl Spec {
+    /// The benches' first line: what was generated.
+    pub fn describe(&self, yaml_bytes: usize) -> String {
+        format!(
+            "cluster: {} namespaces, {} pods, {} policies, {yaml_bytes} bytes of YAML",
+            self.namespaces, self.pods, self.policies
+        )
+    }
+}
+
 /// The cluster as multi-document YAML.
 pub fn generate(spec: &Spec) -> String {
     let mut rng = Rng::new(spec.seed);

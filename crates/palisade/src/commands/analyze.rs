@@ -85,11 +85,12 @@ pub fn run(args: &AnalyzeArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
     let names = Names::new(&engine, &matrix);
     let sources = select(&args.from, "--from", &engine, &matrix)?;
     let destinations = select(&args.to, "--to", &engine, &matrix)?;
+    let view = View { engine: &engine, matrix: &matrix, names: &names, sources: &sources, destinations: &destinations };
     if !probes.is_empty() {
-        return per_probe(args.format, &engine, &matrix, &names, &sources, &destinations, &probes, out);
+        return per_probe(args.format, &view, &probes, out);
     }
     if args.pairs {
-        return per_pair(args.format, &engine, &matrix, &names, &sources, &destinations, out);
+        return per_pair(args.format, &view, out);
     }
     let rows = filtered_rows(&matrix, &engine, &sources, &destinations);
     let items = |r: &palisade_engine::GroupRow| (names.items(&r.sources), names.items(&r.destinations));
@@ -188,54 +189,63 @@ fn filtered_rows(
 
 /// Every ordered pair with a connection, one per line as it is found:
 /// memory stays flat whatever the number of pairs.
-/// Is (s, d) a pair to show: not two outside ranges, not a pod with
-/// itself; a workload with itself is traffic between its replicas.
-fn pair_shown(matrix: &Matrix, engine: &Engine, s: &Pick, d: &Pick) -> bool {
-    let n = matrix.endpoints.len();
-    if s.member >= n && d.member >= n {
-        return false;
-    }
-    s.member != d.member || (s.member < n && engine.endpoint(matrix.endpoints[s.member]).key.kind.is_some())
+/// The analysis and the chosen rows and columns: what the per-pair and
+/// per-probe forms walk.
+struct View<'a> {
+    engine: &'a Engine,
+    matrix: &'a Matrix,
+    names: &'a Names,
+    sources: &'a [Pick],
+    destinations: &'a [Pick],
 }
 
-fn per_pair(
-    format: AnalyzeFormat,
-    engine: &Engine,
-    matrix: &Matrix,
-    names: &Names,
-    sources: &[Pick],
-    destinations: &[Pick],
-    out: &mut dyn Write,
-) -> Result<()> {
+impl View<'_> {
+    /// The ordered pairs to show: not two outside ranges, not a pod with
+    /// itself; a workload with itself is traffic between its replicas.
+    fn pairs(&self) -> impl Iterator<Item = (&Pick, &Pick)> + '_ {
+        let n = self.matrix.endpoints.len();
+        let shown = move |s: &Pick, d: &Pick| {
+            if s.member >= n && d.member >= n {
+                return false;
+            }
+            s.member != d.member
+                || (s.member < n && self.engine.endpoint(self.matrix.endpoints[s.member]).key.kind.is_some())
+        };
+        self.sources
+            .iter()
+            .flat_map(move |s| self.destinations.iter().filter(move |d| shown(s, d)).map(move |d| (s, d)))
+    }
+}
+
+fn per_pair(format: AnalyzeFormat, view: &View, out: &mut dyn Write) -> Result<()> {
+    let (matrix, names) = (view.matrix, view.names);
     match format {
         AnalyzeFormat::Tsv => writeln!(out, "src\tdst\tconnections")?,
         AnalyzeFormat::Json => write!(out, "[")?,
         _ => {}
     }
     let mut first = true;
-    for s in sources {
-        for d in destinations.iter().filter(|d| pair_shown(matrix, engine, s, d)) {
-            let c = matrix.get(s.member, d.member);
-            if c.is_none() {
-                continue;
-            }
-            let (src, dst) = (&names.names[s.member], &names.names[d.member]);
-            match format {
-                AnalyzeFormat::Tsv => {
-                    writeln!(out, "{}\t{}\t{c}", output::tsv_field(src), output::tsv_field(dst))?;
-                }
-                _ => {
-                    if format == AnalyzeFormat::Json {
-                        write!(out, "{}\n  ", if first { "" } else { "," })?;
-                    }
-                    serde_json::to_writer(&mut *out, &json!({"src": src, "dst": dst, "connections": c}))?;
-                    if format == AnalyzeFormat::Jsonl {
-                        writeln!(out)?;
-                    }
-                }
-            }
-            first = false;
+    for (s, d) in view.pairs() {
+        let c = matrix.get(s.member, d.member);
+        if c.is_none() {
+            continue;
         }
+        let (src, dst) = (&names.names[s.member], &names.names[d.member]);
+        match format {
+            AnalyzeFormat::Tsv => {
+                writeln!(out, "{}\t{}\t{c}", output::tsv_field(src), output::tsv_field(dst))?;
+            }
+            _ => {
+                if format == AnalyzeFormat::Json {
+                    write!(out, "{}\n  ", if first { "" } else { "," })?;
+                }
+                serde_json::to_writer(&mut *out, &json!({"src": src, "dst": dst, "connections": c}))?;
+                if format == AnalyzeFormat::Jsonl {
+                    writeln!(out)?;
+                }
+            }
+        }
+        first = false;
     }
     if format == AnalyzeFormat::Json {
         writeln!(out, "\n]")?;
@@ -258,17 +268,14 @@ pub fn deciding_policies(engine: &Engine, side: &SideVerdict) -> Vec<String> {
     v
 }
 
-#[allow(clippy::too_many_arguments)]
 fn per_probe(
     format: AnalyzeFormat,
-    engine: &Engine,
-    matrix: &Matrix,
-    names: &Names,
-    sources: &[Pick],
-    destinations: &[Pick],
+    view: &View,
     probes: &[(palisade_model::Protocol, u16)],
     out: &mut dyn Write,
 ) -> Result<()> {
+    let (engine, matrix, names) = (view.engine, view.matrix, view.names);
+    let (sources, destinations) = (view.sources, view.destinations);
     let name = |p: &Pick| p.address.map(|a| a.to_string()).unwrap_or_else(|| names.names[p.member].clone());
     let end = |p: &Pick| p.address.map(FlowEnd::Address).unwrap_or_else(|| matrix.end(p.member));
     // An outside address's verdicts are its range's (the ranges are cut so).
@@ -279,11 +286,7 @@ fn per_probe(
             "deny"
         }
     };
-    let pairs = || {
-        sources.iter().flat_map(move |s| {
-            destinations.iter().filter(move |d| pair_shown(matrix, engine, s, d)).map(move |d| (s, d))
-        })
-    };
+    let pairs = || view.pairs();
     match format {
         AnalyzeFormat::Tsv => {
             writeln!(out, "src\tdst\tprotocol\tport\tverdict")?;

@@ -22,14 +22,7 @@ fn time<T>(f: impl FnOnce() -> T) -> (T, Duration) {
 pub fn run(args: &GenArgs, out: &mut dyn Write) -> Result<()> {
     let spec = Spec { namespaces: args.namespaces, pods: args.pods, policies: args.policies, seed: args.seed };
     let text = generate(&spec);
-    writeln!(
-        out,
-        "cluster: {} namespaces, {} pods, {} policies, {} bytes of YAML",
-        spec.namespaces,
-        spec.pods,
-        spec.policies,
-        text.len()
-    )?;
+    writeln!(out, "{}", spec.describe(text.len()))?;
     let sources = vec![Source { name: "generated.yaml".into(), text }];
     let (cluster, parse) = time(|| {
         let (cluster, problems, _) = Cluster::from_manifests(parse_sources(&sources));

@@ -52,14 +52,7 @@ pub fn run(args: &BenchAnalyzeArgs, out: &mut dyn Write) -> Result<()> {
 fn measure_all(args: &BenchAnalyzeArgs, spec: &Spec, text: String, dir: &Path, out: &mut dyn Write) -> Result<()> {
     let input = dir.join("cluster.yaml");
     std::fs::write(&input, &text)?;
-    writeln!(
-        out,
-        "cluster: {} namespaces, {} pods, {} policies, {} bytes of YAML",
-        spec.namespaces,
-        spec.pods,
-        spec.policies,
-        text.len()
-    )?;
+    writeln!(out, "{}", spec.describe(text.len()))?;
     let sources = vec![Source { name: input.display().to_string(), text }];
     let mut parses: Vec<Duration> = (0..args.rounds.max(1))
         .map(|_| {
