@@ -42,9 +42,16 @@ struct ClassKey {
 
 impl Matrix {
     pub fn compute(engine: &Engine) -> Matrix {
+        Matrix::compute_cut_by(engine, engine.ip_blocks())
+    }
+
+    /// The matrix with the outside world cut by `blocks`, which must hold
+    /// every ipBlock of the engine's policies (more cut finer): two states
+    /// cut by the union of their blocks have the same outside ranges, so
+    /// `diff` can compare them.
+    pub fn compute_cut_by(engine: &Engine, blocks: Vec<Arc<IpBlock>>) -> Matrix {
         let mut endpoints: Vec<EndpointId> = engine.endpoints().map(|(id, _)| id).collect();
         endpoints.sort_by(|a, b| engine.endpoint(*a).key.cmp(&engine.endpoint(*b).key));
-        let blocks = engine.ip_blocks();
         let node_matters = engine.endpoints().any(|(_, e)| e.host_network);
         let mut class_ids: HashMap<ClassKey, u32> = HashMap::new();
         let mut classes: Vec<Vec<usize>> = Vec::new();

@@ -170,3 +170,20 @@ fn large_clusters_stay_grouped_and_bounded() {
     assert_eq!(grouped.len(), listed.len());
     assert!(grouped == listed, "grouped rows and pairs describe the same connections");
 }
+
+/// `diff` cuts both sides by the union of their ipBlocks: a policy that
+/// widens 10.0.0.0/8 to 0.0.0.0/0 gains exactly the rest of IPv4.
+#[test]
+fn diff_shows_what_the_outside_world_gains() {
+    let before = CLUSTER.replace("except: [10.0.0.0/8]", "except: [10.0.0.0/8, 100.64.0.0/10]");
+    let (a, b) = (write("diff-a", &before), write("diff-b", CLUSTER));
+    let out = run(&["diff", a.to_str().unwrap(), b.to_str().unwrap(), "-o", "json"]);
+    let changes: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows: Vec<(&str, &str, &str)> = changes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["source"].as_str().unwrap(), c["destination"].as_str().unwrap(), c["gained"].as_str().unwrap()))
+        .collect();
+    assert_eq!(rows, [("(100.64.0.0/10)", "shop/web", "TCP 8080")], "{out}");
+}

@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use anyhow::Result;
-use palisade_engine::{diff::diff, Matrix};
+use palisade_engine::diff::diff;
 
 use crate::cli::{DiffArgs, TextOrJson};
 use crate::input::{load_engine, Failure, Ui};
@@ -12,7 +12,7 @@ use crate::output;
 pub fn run(args: &DiffArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
     let (_, old) = load_engine(std::slice::from_ref(&args.old), args.skip_invalid, ui)?;
     let (_, new) = load_engine(std::slice::from_ref(&args.new), args.skip_invalid, ui)?;
-    let (old_m, new_m) = (Matrix::compute(&old), Matrix::compute(&new));
+    let (old_m, new_m) = palisade_engine::diff::matrices(&old, &new);
     let changes = diff((&old, &old_m), (&new, &new_m));
     if args.format == TextOrJson::Json {
         serde_json::to_writer_pretty(&mut *out, &changes)?;
