@@ -50,11 +50,17 @@ pub struct AgentSetup {
 }
 
 /// The Pod name an endpoint runs as: a workload `web[Deployment]` becomes
-/// the Pod `web-deployment`.
+/// the Pod `web-deployment`; a variant of it (`web[Deployment:track=canary]`)
+/// adds a hash of the variant, so two variants are two pods.
 pub fn pod_name(key: &EndpointKey) -> String {
-    match &key.kind {
-        None => key.name.clone(),
-        Some(kind) => format!("{}-{}", key.name, kind.to_lowercase()),
+    match (&key.kind, &key.variant) {
+        (None, _) => key.name.clone(),
+        (Some(kind), None) => format!("{}-{}", key.name, kind.to_lowercase()),
+        (Some(kind), Some(variant)) => {
+            let hash =
+                variant.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+            format!("{}-{}-{:08x}", key.name, kind.to_lowercase(), hash as u32)
+        }
     }
 }
 
@@ -369,4 +375,23 @@ fn netconf(plan: &Plan, pod: &LabPod, dir: &Path, socket: &Path) -> Value {
         "agentTimeoutMs": 3000,
         "args": {"cni": {"ips": pod.ips}},
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variants_of_a_workload_run_as_distinct_valid_pods() {
+        let names: Vec<String> =
+            ["shop/web[Deployment]", "shop/web[Deployment:track=canary]", "shop/web[Deployment:track=stable]"]
+                .iter()
+                .map(|k| pod_name(&EndpointKey::parse(k)))
+                .collect();
+        assert_eq!(names[0], "web-deployment");
+        assert!(names[1] != names[2] && names[1].starts_with("web-deployment-"), "{names:?}");
+        for n in &names {
+            assert!(palisade_model::names::dns_subdomain(n).is_ok(), "{n}");
+        }
+    }
 }
