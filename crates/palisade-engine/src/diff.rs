@@ -24,11 +24,8 @@ pub struct PairChange {
 /// their ipBlocks, so both have the same outside ranges.
 pub fn matrices(old: &Engine, new: &Engine) -> (Matrix, Matrix) {
     let mut blocks = old.ip_blocks();
-    for b in new.ip_blocks() {
-        if !blocks.contains(&b) {
-            blocks.push(b);
-        }
-    }
+    let mut seen: std::collections::HashSet<_> = blocks.iter().cloned().collect();
+    blocks.extend(new.ip_blocks().into_iter().filter(|b| seen.insert(b.clone())));
     (Matrix::compute_cut_by(old, blocks.clone()), Matrix::compute_cut_by(new, blocks))
 }
 
@@ -38,29 +35,38 @@ pub fn outside_name(range: &crate::ExternalRange) -> String {
 }
 
 /// Every ordered pair whose connections differ, outside ranges included
-/// (compare matrices from [`matrices`]). An endpoint present on one side
-/// only counts as having no connections on the other.
+/// (compare matrices from [`matrices`]): endpoint to endpoint, a workload
+/// with itself (its replicas), endpoint to outside and back, never two
+/// outside ranges. An endpoint present on one side only counts as having
+/// no connections on the other.
 pub fn diff(old: (&Engine, &Matrix), new: (&Engine, &Matrix)) -> Vec<PairChange> {
-    let index = |(engine, matrix): (&Engine, &Matrix)| -> BTreeMap<String, usize> {
-        let endpoints = matrix.endpoints.iter().enumerate().map(|(i, id)| (engine.endpoint(*id).key.to_string(), i));
+    // name -> (member index, stands for replicas that talk to each other)
+    let index = |(engine, matrix): (&Engine, &Matrix)| -> BTreeMap<String, (usize, bool)> {
+        let endpoints = matrix.endpoints.iter().enumerate().map(|(i, id)| {
+            let e = engine.endpoint(*id);
+            (e.key.to_string(), (i, !e.is_one_pod()))
+        });
         let n = matrix.endpoints.len();
-        let outside = matrix.externals.iter().enumerate().map(|(k, r)| (outside_name(r), n + k));
+        let outside = matrix.externals.iter().enumerate().map(|(k, r)| (outside_name(r), (n + k, false)));
         endpoints.chain(outside).collect()
     };
     let (old_index, new_index) = (index(old), index(new));
     let mut names: Vec<&String> = old_index.keys().chain(new_index.keys()).collect();
     names.sort();
     names.dedup();
+    let outside = |name: &str| name.starts_with('(');
+    let endpoints: Vec<&String> = names.iter().copied().filter(|n| !outside(n)).collect();
+    let replicas = |name: &String| [&old_index, &new_index].iter().any(|idx| idx.get(name).is_some_and(|x| x.1));
     let none = ConnSet::none();
     let mut out = Vec::new();
-    let outside = |name: &str| name.starts_with('(');
     for src in &names {
-        for dst in &names {
-            if src == dst || (outside(src) && outside(dst)) {
+        let destinations = if outside(src) { &endpoints } else { &names };
+        for dst in destinations {
+            if src == dst && !replicas(src) {
                 continue;
             }
-            let lookup = |idx: &BTreeMap<String, usize>, m: &Matrix| match (idx.get(*src), idx.get(*dst)) {
-                (Some(&i), Some(&j)) => m.get(i, j).clone(),
+            let lookup = |idx: &BTreeMap<String, (usize, bool)>, m: &Matrix| match (idx.get(*src), idx.get(*dst)) {
+                (Some(&(i, _)), Some(&(j, _))) => m.get(i, j).clone(),
                 _ => none.clone(),
             };
             let before = lookup(&old_index, old.1);

@@ -149,8 +149,8 @@ impl Matrix {
                     match classes[b].get(1) {
                         Some(&second) => second,
                         // A lone workload and itself: traffic between its replicas.
-                        None if engine.endpoint(endpoints[classes[b][0]]).key.kind.is_some() => classes[b][0],
-                        None => continue, // a lone Pod and itself: see `self_cell`
+                        None if !engine.endpoint(endpoints[classes[b][0]]).is_one_pod() => classes[b][0],
+                        None => continue, // one pod and itself: see `self_cell`
                     }
                 } else {
                     classes[b][0]
@@ -218,7 +218,8 @@ impl Matrix {
         let mut by_signature: BTreeMap<Vec<(u32, Vec<u32>)>, Vec<u32>> = BTreeMap::new();
         for a in 0..n {
             let mut row: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-            let lone_pod = self.classes[a].len() == 1 && key(a).is_some_and(|k| k.kind.is_none());
+            let lone_pod = self.classes[a].len() == 1
+                && matches!(self.end(self.classes[a][0]), FlowEnd::Endpoint(id) if engine.endpoint(id).is_one_pod());
             for b in self.cells.columns(a) {
                 let cell = if a == b && lone_pod { self_cell(a) } else { Some(self.cells.get(a, b)) };
                 match cell {

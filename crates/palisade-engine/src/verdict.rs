@@ -139,8 +139,9 @@ impl Engine {
         if let (FlowEnd::Endpoint(a), FlowEnd::Endpoint(b)) = (src, dst) {
             // A Pod to itself never leaves its network namespace. A workload
             // "to itself" is traffic between its replicas: separate pods,
-            // so policy applies (regression: reported as always allowed).
-            if a == b && self.endpoint(*a).key.kind.is_none() {
+            // so policy applies (regression: reported as always allowed),
+            // unless it was read from its one running pod.
+            if a == b && self.endpoint(*a).is_one_pod() {
                 return Some(SideVerdict::SelfTraffic);
             }
             let (ea, eb) = (self.endpoint(*a), self.endpoint(*b));

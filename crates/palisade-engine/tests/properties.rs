@@ -87,7 +87,7 @@ fn side(
 }
 
 fn naive_allows(c: &Cluster, s: &Endpoint, d: &Endpoint, proto: Protocol, port: u16) -> bool {
-    if s.key == d.key && s.key.kind.is_none() {
+    if s.key == d.key && s.is_one_pod() {
         return true;
     }
     if s.host_network != d.host_network && s.node.is_some() && s.node == d.node {

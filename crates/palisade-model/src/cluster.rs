@@ -8,7 +8,7 @@ use crate::field::{FieldError, FieldPath};
 use crate::load::{Located, Manifests, Object, ObjectRef, Problem};
 use crate::objects::{Namespace, Node, Service};
 use crate::policy::NetworkPolicy;
-use crate::replicas::{self, Read, Visible};
+use crate::replicas::{self, Read, Visibility};
 
 #[derive(Debug, Clone, Default)]
 pub struct Cluster {
@@ -31,6 +31,13 @@ impl Cluster {
     /// first declaration stays); replicas of a workload are merged where
     /// they agree (see `replicas.rs`).
     pub fn assemble(objects: Vec<Located>) -> (Cluster, Vec<Problem>, Vec<Notice>) {
+        let visibility = Visibility::of(&objects);
+        Cluster::assemble_seeing(objects, &visibility)
+    }
+
+    /// As `assemble`, replicas told apart by what `visibility` sees (for two
+    /// states compared: the union of what each one's policies see).
+    pub fn assemble_seeing(objects: Vec<Located>, visibility: &Visibility) -> (Cluster, Vec<Problem>, Vec<Notice>) {
         let mut problems = Vec::new();
         let mut notices = Vec::new();
         let mut seen: HashMap<ObjectRef, crate::load::Location> = HashMap::new();
@@ -62,9 +69,8 @@ impl Cluster {
                 Object::Service(s) => cluster.services.push(s),
             }
         }
-        let visible = Visible::new(&cluster.policies, endpoints.values().flatten().map(|r| &r.endpoint));
         for (key, reads) in endpoints {
-            let (eps, notice) = replicas::endpoints(&key, reads, &visible);
+            let (eps, notice) = replicas::endpoints(&key, reads, visibility);
             cluster.endpoints.extend(eps);
             notices.extend(notice.map(Notice));
         }
@@ -84,7 +90,16 @@ impl Cluster {
 
     /// Reads and joins manifests in one step: the common path for tools.
     pub fn from_manifests(manifests: Manifests) -> (Cluster, Vec<Problem>, Vec<Notice>) {
-        let (cluster, mut problems, notices) = Cluster::assemble(manifests.objects);
+        let visibility = Visibility::of(&manifests.objects);
+        Cluster::from_manifests_seeing(manifests, &visibility)
+    }
+
+    /// As `from_manifests`, with `assemble_seeing`.
+    pub fn from_manifests_seeing(
+        manifests: Manifests,
+        visibility: &Visibility,
+    ) -> (Cluster, Vec<Problem>, Vec<Notice>) {
+        let (cluster, mut problems, notices) = Cluster::assemble_seeing(manifests.objects, visibility);
         let mut all = manifests.problems;
         all.append(&mut problems);
         (cluster, all, notices)

@@ -94,6 +94,16 @@ pub struct Endpoint {
     pub pods: Vec<String>,
 }
 
+impl Endpoint {
+    /// One pod, so "to itself" is traffic that never leaves it: a Pod, or
+    /// a workload read from its one running pod. A workload read from a
+    /// template, or from several pods, stands for replicas that talk to
+    /// each other through the network (policy applies).
+    pub fn is_one_pod(&self) -> bool {
+        self.key.kind.is_none() || self.pods.len() == 1
+    }
+}
+
 /// The kinds read as workloads, with where their pod template lives.
 pub const WORKLOAD_KINDS: &[&str] =
     &["Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "ReplicationController", "Job", "CronJob"];

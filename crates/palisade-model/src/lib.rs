@@ -15,7 +15,7 @@ pub mod names;
 pub mod objects;
 pub mod policy;
 pub mod render;
-mod replicas;
+pub mod replicas;
 
 pub use cluster::{Cluster, Notice};
 pub use endpoint::{ContainerPort, Endpoint, EndpointKey};
@@ -26,3 +26,4 @@ pub use objects::{Namespace, Node, Service, NAMESPACE_NAME_LABEL};
 pub use policy::{
     Direction, IpBlock, NamespaceScope, NetworkPolicy, Peer, PeerSelector, PolicyPort, PortSpec, Protocol, Rule,
 };
+pub use replicas::Visibility;

@@ -1,39 +1,67 @@
 //! The pods of one workload as endpoints: one endpoint while they agree on
 //! everything policy sees (the labels some policy's pod selector looks at,
-//! named ports, hostNetwork, and the node when a hostNetwork pod runs
-//! there: traffic between a pod and its node is always allowed), one
-//! endpoint per difference when they do not. A pod is never judged with
-//! another pod's labels or node; a label no policy reads splits nothing.
+//! the policies' ipBlocks their addresses are in, named ports, hostNetwork,
+//! and the node when a hostNetwork pod runs there: traffic between a pod
+//! and its node is always allowed), one endpoint per difference when they
+//! do not. A pod is never judged with another pod's labels, address or
+//! node; a label no policy reads splits nothing.
 
 use std::collections::{BTreeMap, HashSet};
 
 use crate::endpoint::{Endpoint, EndpointKey};
 use crate::labels::Labels;
-use crate::policy::{NetworkPolicy, Peer};
+use crate::load::{Located, Object};
+use crate::policy::{IpBlock, NetworkPolicy, Peer};
 
 /// What of a pod the cluster's policies can see.
-pub(crate) struct Visible {
+/// Two states compared (`diff`) are assembled with the union of what their
+/// policies see, so a policy change does not rename the endpoints.
+#[derive(Debug, Clone, Default)]
+pub struct Visibility {
     /// Label keys some policy's pod selector (target or peer) reads.
     label_keys: HashSet<String>,
     /// Nodes where a hostNetwork pod runs.
     host_nodes: HashSet<String>,
+    /// The policies' ipBlocks: a pod's addresses in or out of one are
+    /// seen by policy as surely as its labels.
+    blocks: Vec<IpBlock>,
 }
 
-impl Visible {
-    pub fn new<'a>(policies: &[NetworkPolicy], endpoints: impl Iterator<Item = &'a Endpoint>) -> Self {
-        let mut label_keys = HashSet::new();
-        for p in policies {
-            let peers = [&p.ingress, &p.egress].into_iter().flatten().flatten().flat_map(|r| &r.peers);
-            let selectors = std::iter::once(&p.pod_selector).chain(peers.filter_map(|peer| match peer {
-                Peer::Selector(s) => Some(&s.pods),
-                Peer::IpBlock(_) => None,
-            }));
-            for selector in selectors {
-                label_keys.extend(selector.requirements().iter().map(|r| r.key().to_string()));
+impl Visibility {
+    /// What the policies among `objects` see of the pods among them.
+    pub fn of(objects: &[Located]) -> Self {
+        let mut v = Visibility::default();
+        for located in objects {
+            match &located.object {
+                Object::NetworkPolicy(p) => v.add_policy(p),
+                Object::Endpoint(e) if e.host_network => v.host_nodes.extend(e.node.clone()),
+                _ => {}
             }
         }
-        let host_nodes = endpoints.filter(|e| e.host_network).filter_map(|e| e.node.clone()).collect();
-        Visible { label_keys, host_nodes }
+        v
+    }
+
+    fn add_policy(&mut self, p: &NetworkPolicy) {
+        self.label_keys.extend(p.pod_selector.requirements().iter().map(|r| r.key().to_string()));
+        for peer in [&p.ingress, &p.egress].into_iter().flatten().flatten().flat_map(|r| &r.peers) {
+            match peer {
+                Peer::Selector(s) => self.label_keys.extend(s.pods.requirements().iter().map(|r| r.key().to_string())),
+                Peer::IpBlock(b) if !self.blocks.contains(b) => self.blocks.push(b.clone()),
+                Peer::IpBlock(_) => {}
+            }
+        }
+    }
+
+    /// What either sees.
+    pub fn union(mut self, other: &Visibility) -> Self {
+        self.label_keys.extend(other.label_keys.iter().cloned());
+        self.host_nodes.extend(other.host_nodes.iter().cloned());
+        for b in &other.blocks {
+            if !self.blocks.contains(b) {
+                self.blocks.push(b.clone());
+            }
+        }
+        self
     }
 }
 
@@ -54,10 +82,13 @@ struct Signature {
     host_network: bool,
     /// Where a hostNetwork pod runs, or any pod on a node with one.
     node: Option<String>,
+    /// The policies' ipBlocks that hold one of its addresses, written
+    /// without spaces (`10.0.0.0/8_except_10.1.0.0/16`).
+    blocks: Vec<String>,
 }
 
 impl Signature {
-    fn of(ep: &Endpoint, visible: &Visible) -> Self {
+    fn of(ep: &Endpoint, visible: &Visibility) -> Self {
         let node_matters = ep.host_network || ep.node.as_ref().is_some_and(|n| visible.host_nodes.contains(n));
         Signature {
             labels: ep
@@ -73,6 +104,10 @@ impl Signature {
                 .collect(),
             host_network: ep.host_network,
             node: if node_matters { ep.node.clone() } else { None },
+            blocks: (visible.blocks.iter())
+                .filter(|b| ep.ips.iter().any(|ip| b.contains(*ip)))
+                .map(|b| b.to_string().replace(' ', "_"))
+                .collect(),
         }
     }
 
@@ -89,13 +124,16 @@ impl Signature {
         if let Some(node) = &self.node {
             out.insert("pod:node".into(), node.clone());
         }
+        for block in &self.blocks {
+            out.insert(format!("ip:{block}"), "in".into());
+        }
         out
     }
 }
 
 /// The endpoints for everything read under one key, and a notice when the
 /// pods had to be told apart.
-pub(crate) fn endpoints(key: &EndpointKey, reads: Vec<Read>, visible: &Visible) -> (Vec<Endpoint>, Option<String>) {
+pub(crate) fn endpoints(key: &EndpointKey, reads: Vec<Read>, visible: &Visibility) -> (Vec<Endpoint>, Option<String>) {
     // Pods are what runs: in a dump with both, a workload's template (and
     // its old ReplicaSets' templates) only repeat or predate them.
     let has_pods = reads.iter().any(|r| !r.endpoint.pods.is_empty());

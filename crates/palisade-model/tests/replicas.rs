@@ -130,6 +130,21 @@ fn replicas_that_differ_in_named_ports_or_host_network_are_told_apart() {
     assert_ne!(names[0], names[1]);
 }
 
+/// Replicas on both sides of a policy's ipBlock are told apart: policy
+/// sees their addresses as surely as their labels.
+#[test]
+fn replicas_across_an_ip_block_are_told_apart() {
+    let block = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "t", "namespace": "shop"},
+        "spec": {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.1.0.0/16"}}]}]}});
+    let (c, _) = cluster(vec![
+        block,
+        pod("w-a", Some(("ReplicaSet", "w-1")), json!({"app": "w"}), "10.1.0.5"),
+        pod("w-b", Some(("ReplicaSet", "w-1")), json!({"app": "w"}), "10.2.0.5"),
+        pod("w-c", Some(("ReplicaSet", "w-1")), json!({"app": "w"}), "10.2.0.6"),
+    ]);
+    assert_eq!(keys(&c), ["shop/w-1[ReplicaSet:!ip:10.1.0.0/16]", "shop/w-1[ReplicaSet:ip:10.1.0.0/16=in]"]);
+}
+
 #[test]
 fn static_pods_are_individual_pods() {
     let (c, _) = cluster(vec![

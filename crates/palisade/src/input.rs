@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use palisade_engine::Engine;
-use palisade_model::{parse_sources, read_paths, Cluster};
+use palisade_model::{parse_sources, read_paths, Cluster, Visibility};
 
 /// Outcome the binary maps to an exit code.
 #[derive(Debug, thiserror::Error)]
@@ -101,9 +101,20 @@ pub fn load_input(input: &crate::cli::InputArgs, ui: &Ui) -> Result<(Cluster, En
 
 fn assemble(
     manifests: palisade_model::Manifests,
+    problems: Vec<palisade_model::Problem>,
+    skip_invalid: bool,
+    ui: &Ui,
+) -> Result<Cluster, Failure> {
+    let seen = Visibility::of(&manifests.objects);
+    assemble_seeing(manifests, problems, skip_invalid, ui, &seen)
+}
+
+fn assemble_seeing(
+    manifests: palisade_model::Manifests,
     mut problems: Vec<palisade_model::Problem>,
     skip_invalid: bool,
     ui: &Ui,
+    seen: &Visibility,
 ) -> Result<Cluster, Failure> {
     let skipped = manifests.skipped.clone();
     if manifests.finished_pods > 0 {
@@ -112,7 +123,7 @@ fn assemble(
             manifests.finished_pods
         ));
     }
-    let (cluster, more, notices) = Cluster::from_manifests(manifests);
+    let (cluster, more, notices) = Cluster::from_manifests_seeing(manifests, seen);
     problems.extend(more);
     for n in &notices {
         ui.note(&n.0);
@@ -148,6 +159,20 @@ pub fn load_engine(paths: &[PathBuf], skip_invalid: bool, ui: &Ui) -> Result<(Cl
     let cluster = load_cluster(paths, skip_invalid, ui)?;
     let engine = Engine::from_cluster(&cluster);
     Ok((cluster, engine))
+}
+
+/// Two states to compare, their replicas told apart by what either one's
+/// policies see: a policy change does not rename the endpoints.
+pub fn load_pair(old: &[PathBuf], new: &[PathBuf], skip_invalid: bool, ui: &Ui) -> Result<(Engine, Engine), Failure> {
+    let read = |paths: &[PathBuf]| {
+        let (sources, problems) = read_paths(paths);
+        (parse_sources(&sources), problems)
+    };
+    let ((old_m, old_p), (new_m, new_p)) = (read(old), read(new));
+    let seen = Visibility::of(&old_m.objects).union(&Visibility::of(&new_m.objects));
+    let old = assemble_seeing(old_m, old_p, skip_invalid, ui, &seen)?;
+    let new = assemble_seeing(new_m, new_p, skip_invalid, ui, &seen)?;
+    Ok((Engine::from_cluster(&old), Engine::from_cluster(&new)))
 }
 
 /// `tcp/80` -> (TCP, 80).

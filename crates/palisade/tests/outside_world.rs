@@ -187,3 +187,42 @@ fn diff_shows_what_the_outside_world_gains() {
         .collect();
     assert_eq!(rows, [("(100.64.0.0/10)", "shop/web", "TCP 8080")], "{out}");
 }
+
+/// `diff` assembles both states with what either one's policies see: a
+/// new policy that reads a label the replicas differ in changes the one
+/// pair it opens, and does not rename the workload. A workload with itself
+/// (its replicas) is a pair too.
+#[test]
+fn diff_of_a_policy_change_does_not_rename_endpoints() {
+    let pods = |track_b: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: client, namespace: shop, labels: {{app: client}}}}\nstatus: {{podIP: 10.0.0.9}}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {{name: web-a, namespace: shop, labels: {{app: web, track: stable}}, ownerReferences: [{{apiVersion: apps/v1, kind: ReplicaSet, name: web-7d, uid: u, controller: true}}]}}\nstatus: {{podIP: 10.0.0.2}}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {{name: web-b, namespace: shop, labels: {{app: web, track: {track_b}}}, ownerReferences: [{{apiVersion: apps/v1, kind: ReplicaSet, name: web-7d, uid: u, controller: true}}]}}\nstatus: {{podIP: 10.0.0.3}}\n"
+        )
+    };
+    let deny = "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: shop}\nspec: {podSelector: {matchLabels: {app: web}}, ingress: [{from: [{podSelector: {matchLabels: {app: client}}}], ports: [{port: 80}]}]}\n";
+    let canary = "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: canary, namespace: shop}\nspec: {podSelector: {matchLabels: {track: canary}}, ingress: [{from: [{podSelector: {matchLabels: {app: client}}}], ports: [{port: 9090}]}]}\n";
+    let a = write("rename-a", &(pods("canary") + deny));
+    let b = write("rename-b", &(pods("canary") + deny + canary));
+    let out = run(&["diff", a.to_str().unwrap(), b.to_str().unwrap(), "-o", "json"]);
+    let changes: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows: Vec<(&str, &str, &str)> = changes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["source"].as_str().unwrap(), c["destination"].as_str().unwrap(), c["gained"].as_str().unwrap()))
+        .collect();
+    assert_eq!(rows, [("shop/client", "shop/web-7d[ReplicaSet:track=canary]", "TCP 9090")], "{out}");
+    // Before any policy, the replicas reach each other; isolating them loses that.
+    let open = write("rename-c", &pods("stable"));
+    let closed = write("rename-d", &(pods("stable") + deny));
+    let out = run(&["diff", open.to_str().unwrap(), closed.to_str().unwrap(), "-o", "json"]);
+    let changes: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        changes.as_array().unwrap().iter().any(|c| c["source"] == "shop/web-7d[ReplicaSet]"
+            && c["destination"] == "shop/web-7d[ReplicaSet]"
+            && c["lost"] == "all"),
+        "{out}"
+    );
+}

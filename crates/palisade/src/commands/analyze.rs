@@ -200,6 +200,11 @@ struct View<'a> {
 }
 
 impl View<'_> {
+    /// A pick's name: the address asked for, or the member's name.
+    fn name(&self, p: &Pick) -> String {
+        p.address.map(|a| a.to_string()).unwrap_or_else(|| self.names.names[p.member].clone())
+    }
+
     /// The ordered pairs to show: not two outside ranges, not a pod with
     /// itself; a workload with itself is traffic between its replicas.
     fn pairs(&self) -> impl Iterator<Item = (&Pick, &Pick)> + '_ {
@@ -209,7 +214,7 @@ impl View<'_> {
                 return false;
             }
             s.member != d.member
-                || (s.member < n && self.engine.endpoint(self.matrix.endpoints[s.member]).key.kind.is_some())
+                || (s.member < n && !self.engine.endpoint(self.matrix.endpoints[s.member]).is_one_pod())
         };
         self.sources
             .iter()
@@ -218,7 +223,7 @@ impl View<'_> {
 }
 
 fn per_pair(format: AnalyzeFormat, view: &View, out: &mut dyn Write) -> Result<()> {
-    let (matrix, names) = (view.matrix, view.names);
+    let matrix = view.matrix;
     match format {
         AnalyzeFormat::Tsv => writeln!(out, "src\tdst\tconnections")?,
         AnalyzeFormat::Json => write!(out, "[")?,
@@ -230,10 +235,10 @@ fn per_pair(format: AnalyzeFormat, view: &View, out: &mut dyn Write) -> Result<(
         if c.is_none() {
             continue;
         }
-        let (src, dst) = (&names.names[s.member], &names.names[d.member]);
+        let (src, dst) = (view.name(s), view.name(d));
         match format {
             AnalyzeFormat::Tsv => {
-                writeln!(out, "{}\t{}\t{c}", output::tsv_field(src), output::tsv_field(dst))?;
+                writeln!(out, "{}\t{}\t{c}", output::tsv_field(&src), output::tsv_field(&dst))?;
             }
             _ => {
                 if format == AnalyzeFormat::Json {
@@ -274,9 +279,9 @@ fn per_probe(
     probes: &[(palisade_model::Protocol, u16)],
     out: &mut dyn Write,
 ) -> Result<()> {
-    let (engine, matrix, names) = (view.engine, view.matrix, view.names);
+    let (engine, matrix) = (view.engine, view.matrix);
     let (sources, destinations) = (view.sources, view.destinations);
-    let name = |p: &Pick| p.address.map(|a| a.to_string()).unwrap_or_else(|| names.names[p.member].clone());
+    let name = |p: &Pick| view.name(p);
     let end = |p: &Pick| p.address.map(FlowEnd::Address).unwrap_or_else(|| matrix.end(p.member));
     // An outside address's verdicts are its range's (the ranges are cut so).
     let verdict = |s: &Pick, d: &Pick, (proto, port): (palisade_model::Protocol, u16)| {

@@ -6,12 +6,12 @@ use anyhow::Result;
 use palisade_engine::diff::diff;
 
 use crate::cli::{DiffArgs, TextOrJson};
-use crate::input::{load_engine, Failure, Ui};
+use crate::input::{load_pair, Failure, Ui};
 use crate::output;
 
 pub fn run(args: &DiffArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
-    let (_, old) = load_engine(std::slice::from_ref(&args.old), args.skip_invalid, ui)?;
-    let (_, new) = load_engine(std::slice::from_ref(&args.new), args.skip_invalid, ui)?;
+    let (old, new) =
+        load_pair(std::slice::from_ref(&args.old), std::slice::from_ref(&args.new), args.skip_invalid, ui)?;
     let (old_m, new_m) = palisade_engine::diff::matrices(&old, &new);
     let changes = diff((&old, &old_m), (&new, &new_m));
     if args.format == TextOrJson::Json {

@@ -13,11 +13,17 @@ use crate::input::{load_input, parse_probe, Failure, Ui};
 /// name or address), that pod.
 fn resolve(engine: &Engine, s: &str) -> Result<(FlowEnd, Option<String>), Failure> {
     if let Ok(ip) = s.parse::<std::net::IpAddr>() {
-        // A pod's address is that pod: its policies apply.
-        return Ok(match engine.endpoints().find(|(_, e)| e.ips.contains(&ip)) {
-            Some((id, _)) => (FlowEnd::Endpoint(id), Some(ip.to_string())),
-            None => (FlowEnd::Address(ip), None),
-        });
+        // A pod's address is that pod: its policies apply. hostNetwork
+        // pods share their node's: name one of them.
+        let holders: Vec<_> = engine.endpoints().filter(|(_, e)| e.ips.contains(&ip)).collect();
+        return match holders.as_slice() {
+            [] => Ok((FlowEnd::Address(ip), None)),
+            [(id, _)] => Ok((FlowEnd::Endpoint(*id), Some(ip.to_string()))),
+            many => Err(Failure::Usage(format!(
+                "{s}: the address of {}: name one of them",
+                many.iter().map(|(_, e)| e.key.to_string()).collect::<Vec<_>>().join(", ")
+            ))),
+        };
     }
     let key = EndpointKey::parse(s);
     if let Some(id) = engine.endpoint_id(&key) {

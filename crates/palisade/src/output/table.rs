@@ -42,11 +42,16 @@ pub fn shorten(item: &str, width: usize) -> String {
     if item.chars().count() <= width {
         return item.to_string();
     }
+    // An outside range keeps its parentheses.
+    if let Some(inner) = item.strip_prefix('(').and_then(|i| i.strip_suffix(')')) {
+        return format!("({})", shorten(inner, width.saturating_sub(2)));
+    }
     let budget = width.saturating_sub(16);
     let cut = item.char_indices().take_while(|(i, _)| *i < budget).filter(|(_, c)| *c == ',').map(|(i, _)| i).last();
     match cut {
         Some(at) => {
-            let left_out = item[at..].matches(',').count();
+            // Pieces are joined by `,`, families by ` + `.
+            let left_out = item[at..].matches(',').count() + item[at..].matches(" + ").count();
             format!("{},... (+{left_out})", &item[..at])
         }
         None => item.to_string(),
@@ -130,5 +135,8 @@ mod tests {
         // One of many pieces is shortened, saying how many pieces it leaves out.
         let range = (0..20).map(|i| format!("10.{i}.0.0/16")).collect::<Vec<_>>().join(",");
         assert_eq!(shorten(&range, 50), "10.0.0.0/16,10.1.0.0/16,... (+18)");
+        // An outside range keeps its parentheses; the IPv6 part counts as a piece.
+        let outside = format!("({range} + ::/0)");
+        assert_eq!(shorten(&outside, 50), "(10.0.0.0/16,10.1.0.0/16,... (+19))");
     }
 }
