@@ -9,6 +9,11 @@
 //! - `{"op": "podCIDRs"}` → `{"ok": true, "podCIDRs": [...]}` (the Node's).
 //!
 //! A connection that sends nothing is a liveness check (the plugin's STATUS).
+//!
+//! Only root (or the agent's own user) may talk to it: the socket is 0600
+//! in a directory the agent creates 0700, and every connection's peer
+//! credentials (SO_PEERCRED) are checked, so nothing else on the node can
+//! tell the agent to forget a pod.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::IpAddr;
@@ -48,13 +53,16 @@ pub struct CniSocket {
 }
 
 impl CniSocket {
-    /// Listens at `path`, replacing a stale socket file.
+    /// Listens at `path`, replacing a stale socket file. A directory it
+    /// creates is 0700; the socket is 0600 whatever the umask.
     pub fn bind(path: &Path) -> std::io::Result<CniSocket> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         }
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         listener.set_nonblocking(true)?;
         Ok(CniSocket { listener })
     }
@@ -79,12 +87,25 @@ impl CniSocket {
     }
 }
 
+/// Root, or the user the agent runs as (an unprivileged agent in tests).
+fn caller_allowed(stream: &UnixStream) -> bool {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    match getsockopt(stream, PeerCredentials) {
+        Ok(cred) => cred.uid() == 0 || cred.uid() == nix::unistd::geteuid().as_raw(),
+        Err(_) => false,
+    }
+}
+
 fn serve_one(stream: UnixStream, handle: &mut impl FnMut(Request) -> Result<Value, String>) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut line = String::new();
     if BufReader::new(&stream).read_line(&mut line)? == 0 {
         return Ok(()); // a liveness check
+    }
+    if !caller_allowed(&stream) {
+        // Read first, then refuse: the caller sees why, not a broken pipe.
+        return writeln!(&stream, "{}", json!({"error": "only root may talk to the palisade agent"}));
     }
     let answer = match parse(&line).and_then(&mut *handle) {
         Ok(extra) => {
@@ -162,5 +183,56 @@ mod tests {
         assert!(parse(r#"{"op":"add","containerID":"c"}"#).unwrap_err().contains("podNamespace"));
         assert!(parse(r#"{"op":"nope"}"#).unwrap_err().contains("unknown op"));
         assert!(parse("{").unwrap_err().contains("bad request"));
+    }
+
+    /// The socket is private (0600 in a 0700 directory, whatever the
+    /// umask), and a caller that is neither root nor the agent's user is
+    /// refused by its credentials even where the file modes would let it in.
+    #[test]
+    fn only_root_may_talk_to_the_agent() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        let dir = std::env::temp_dir().join(format!("palisade-cni-socket-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("run").join("cni.sock");
+        let socket = CniSocket::bind(&path).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode(&dir.join("run")), mode(&path)), (0o700, 0o600));
+        if !palisade_testkit::privileged("only_root_may_talk_to_the_agent") {
+            let _ = std::fs::remove_dir_all(&dir);
+            return;
+        }
+        // Open the modes: only the credentials check stands in the way.
+        for (p, m) in [(&dir, 0o755), (&dir.join("run"), 0o755), (&path, 0o666)] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        }
+        let client = format!(
+            "import socket; s = socket.socket(socket.AF_UNIX); s.connect({:?}); \
+             s.sendall(b'{{\"op\": \"del\", \"containerID\": \"c\", \"ifname\": \"eth0\"}}\\n'); \
+             print(s.makefile().readline(), end='')",
+            path.display().to_string()
+        );
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", &client])
+            .uid(65534)
+            .gid(65534)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut handled = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+            socket.wait(Duration::from_millis(50));
+            socket.serve_pending(|_| {
+                handled += 1;
+                Ok(json!({}))
+            });
+        }
+        let out = child.wait_with_output().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let answer = String::from_utf8_lossy(&out.stdout);
+        assert!(answer.contains("only root"), "{answer} {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(handled, 0, "the request never reached the agent");
     }
 }
