@@ -59,7 +59,19 @@ impl Engine {
     }
 
     pub fn explain(&self, flow: &Flow) -> Explanation {
-        let verdict: Verdict = self.verdict(flow);
+        self.explain_verdict(flow, self.verdict(flow))
+    }
+
+    /// One pod of an endpoint that stands for several (a workload's
+    /// replicas) to that same pod: its traffic never leaves its network
+    /// namespace, as for a Pod to itself. (`flow` names the endpoint on
+    /// both ends; the caller knows it is one pod.)
+    pub fn explain_pod_to_itself(&self, flow: &Flow) -> Explanation {
+        let side = SideVerdict::SelfTraffic;
+        self.explain_verdict(flow, Verdict { allowed: true, egress: side.clone(), ingress: side })
+    }
+
+    fn explain_verdict(&self, flow: &Flow, verdict: Verdict) -> Explanation {
         let side = |direction: Direction, this: &FlowEnd, other: &FlowEnd, verdict: SideVerdict| {
             let policies = match (this, &verdict) {
                 (FlowEnd::Endpoint(id), SideVerdict::Allowed { .. } | SideVerdict::Denied { .. }) => {

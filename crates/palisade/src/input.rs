@@ -155,12 +155,6 @@ fn assemble_seeing(
     }
 }
 
-pub fn load_engine(paths: &[PathBuf], skip_invalid: bool, ui: &Ui) -> Result<(Cluster, Engine), Failure> {
-    let cluster = load_cluster(paths, skip_invalid, ui)?;
-    let engine = Engine::from_cluster(&cluster);
-    Ok((cluster, engine))
-}
-
 /// Two states to compare, their replicas told apart by what either one's
 /// policies see: a policy change does not rename the endpoints.
 pub fn load_pair(old: &[PathBuf], new: &[PathBuf], skip_invalid: bool, ui: &Ui) -> Result<(Engine, Engine), Failure> {

@@ -171,21 +171,28 @@ fn large_clusters_stay_grouped_and_bounded() {
     assert!(grouped == listed, "grouped rows and pairs describe the same connections");
 }
 
+/// `palisade diff A B -o json`, and its (source, destination, gained) rows.
+fn gained(a: &Path, b: &Path) -> (String, Vec<(String, String, String)>) {
+    let out = run(&["diff", a.to_str().unwrap(), b.to_str().unwrap(), "-o", "json"]);
+    let changes: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let field = |c: &serde_json::Value, k: &str| c[k].as_str().unwrap().to_string();
+    let rows = changes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (field(c, "source"), field(c, "destination"), field(c, "gained")))
+        .collect();
+    (out, rows)
+}
+
 /// `diff` cuts both sides by the union of their ipBlocks: a policy that
 /// widens 10.0.0.0/8 to 0.0.0.0/0 gains exactly the rest of IPv4.
 #[test]
 fn diff_shows_what_the_outside_world_gains() {
     let before = CLUSTER.replace("except: [10.0.0.0/8]", "except: [10.0.0.0/8, 100.64.0.0/10]");
     let (a, b) = (write("diff-a", &before), write("diff-b", CLUSTER));
-    let out = run(&["diff", a.to_str().unwrap(), b.to_str().unwrap(), "-o", "json"]);
-    let changes: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let rows: Vec<(&str, &str, &str)> = changes
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| (c["source"].as_str().unwrap(), c["destination"].as_str().unwrap(), c["gained"].as_str().unwrap()))
-        .collect();
-    assert_eq!(rows, [("(100.64.0.0/10)", "shop/web", "TCP 8080")], "{out}");
+    let (out, rows) = gained(&a, &b);
+    assert_eq!(rows, [("(100.64.0.0/10)".into(), "shop/web".into(), "TCP 8080".into())], "{out}");
 }
 
 /// `diff` assembles both states with what either one's policies see: a
@@ -205,15 +212,12 @@ fn diff_of_a_policy_change_does_not_rename_endpoints() {
     let canary = "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: canary, namespace: shop}\nspec: {podSelector: {matchLabels: {track: canary}}, ingress: [{from: [{podSelector: {matchLabels: {app: client}}}], ports: [{port: 9090}]}]}\n";
     let a = write("rename-a", &(pods("canary") + deny));
     let b = write("rename-b", &(pods("canary") + deny + canary));
-    let out = run(&["diff", a.to_str().unwrap(), b.to_str().unwrap(), "-o", "json"]);
-    let changes: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let rows: Vec<(&str, &str, &str)> = changes
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| (c["source"].as_str().unwrap(), c["destination"].as_str().unwrap(), c["gained"].as_str().unwrap()))
-        .collect();
-    assert_eq!(rows, [("shop/client", "shop/web-7d[ReplicaSet:track=canary]", "TCP 9090")], "{out}");
+    let (out, rows) = gained(&a, &b);
+    assert_eq!(
+        rows,
+        [("shop/client".into(), "shop/web-7d[ReplicaSet:track=canary]".into(), "TCP 9090".into())],
+        "{out}"
+    );
     // Before any policy, the replicas reach each other; isolating them loses that.
     let open = write("rename-c", &pods("stable"));
     let closed = write("rename-d", &(pods("stable") + deny));

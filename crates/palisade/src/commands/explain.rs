@@ -61,17 +61,13 @@ pub fn run(args: &ExplainArgs, ui: &Ui, out: &mut dyn Write) -> Result<()> {
     let (_, engine) = load_input(&args.input, ui)?;
     let ((src, src_pod), (dst, dst_pod)) = (resolve(&engine, &args.src)?, resolve(&engine, &args.dst)?);
     let flow = Flow { src, dst, protocol, port };
-    let mut e = engine.explain(&flow);
-    if src == dst && src_pod.is_some() && src_pod == dst_pod {
-        // One pod on both ends (by name or address), though its endpoint
-        // is a workload's: its traffic to itself.
-        e.allowed = true;
-        for side in [&mut e.egress, &mut e.ingress] {
-            side.verdict = palisade_engine::SideVerdict::SelfTraffic;
-            side.decision = side.verdict.name();
-            side.policies.clear();
-        }
-    }
+    // One pod named on both ends (by name or address), though its
+    // endpoint is a workload's: the engine's rule for a pod to itself.
+    let e = if src == dst && src_pod.is_some() && src_pod == dst_pod {
+        engine.explain_pod_to_itself(&flow)
+    } else {
+        engine.explain(&flow)
+    };
     if args.format == TextOrJson::Json {
         serde_json::to_writer_pretty(&mut *out, &e)?;
         writeln!(out)?;
