@@ -14,6 +14,8 @@ use serde_json::json;
 use crate::cni_socket::{CniSocket, Request};
 use crate::node::{LocalPod, NodeAgent, NodeError, NodeOptions};
 use crate::source::{DirSource, Source};
+use palisade_model::ObjectRef;
+use std::collections::BTreeMap;
 
 pub struct Config {
     /// The manifests directory (the `dir` source of [`run`]).
@@ -77,6 +79,17 @@ pub enum Event<'a> {
     /// Something the agent worked around (a damaged state file, a kernel
     /// pod matching no cluster pod).
     Warning(&'a str),
+    /// An object cannot be read (or now reads otherwise): it stands as its
+    /// stand-ins, failing closed where it could have had an effect.
+    Unreadable {
+        object: &'a ObjectRef,
+        why: &'a str,
+    },
+    /// An object that could not be read now can.
+    Readable(&'a ObjectRef),
+    /// The source's view may be behind the truth (why, for how long), or
+    /// (`None`) is current again.
+    Stale(Option<(&'a str, Duration)>),
 }
 
 /// Runs until `stop` is set (or the owner process is gone). Leaves the
@@ -108,6 +121,9 @@ pub fn run_with(
     let mut applied: Option<String> = None;
     let mut read: Option<String> = None;
     let mut next_tick = Instant::now();
+    // What the source could not read, as last reported.
+    let mut unreadable: BTreeMap<ObjectRef, String> = BTreeMap::new();
+    let mut stale: Option<(String, Instant)> = None;
     while !stop.load(Ordering::Relaxed) && config.owner_pid.is_none_or(alive) {
         let now = Instant::now();
         if now >= next_tick {
@@ -124,10 +140,30 @@ pub fn run_with(
                     }
                     read = source.digest().map(str::to_string);
                     burst = Some((burst.map_or(now, |b| b.0), now));
+                    if source.unreadable() != &unreadable {
+                        for (object, why) in source.unreadable() {
+                            if unreadable.get(object) != Some(why) {
+                                report(Event::Unreadable { object, why }, &node);
+                            }
+                        }
+                        for object in unreadable.keys().filter(|o| !source.unreadable().contains_key(*o)) {
+                            report(Event::Readable(object), &node);
+                        }
+                        unreadable = source.unreadable().clone();
+                        node.set_unreadable(unreadable.clone());
+                    }
                 }
                 Ok(None) => {}
                 Err(e) => report(Event::SourceInvalid(&e.to_string()), &node),
             }
+            let now_stale = source.stale();
+            if now_stale.as_ref().map(|s| &s.0) != stale.as_ref().map(|s| &s.0) || now_stale.is_some() {
+                match &now_stale {
+                    Some((why, since)) => report(Event::Stale(Some((why, since.elapsed()))), &node),
+                    None => report(Event::Stale(None), &node),
+                }
+            }
+            stale = now_stale;
         }
         let due = burst.is_some_and(|(first, last)| {
             now >= last + config.debounce || now >= first + config.max_delay || applied.is_none()
@@ -163,7 +199,7 @@ pub fn run_with(
                         Ok(json!({}))
                     }
                     Err(e) => {
-                        if !matches!(e, NodeError::UnknownPod(_)) {
+                        if !matches!(e, NodeError::UnknownPod(_) | NodeError::UnreadablePod(..)) {
                             // The kernel did not take it: the loop retries as a whole.
                             failing = true;
                             report(Event::ApplyFailed { error: &e, retry_in: backoff }, &node);
@@ -194,7 +230,9 @@ pub fn run_with(
                 }
             }
             Request::Status => Ok(json!({
-                "ready": applied.is_some() && !failing,
+                "ready": applied.is_some() && !failing && stale.is_none(),
+                "stale": stale.as_ref().map(|s| &s.0),
+                "unreadable": unreadable.keys().map(|o| o.to_string()).collect::<Vec<_>>(),
                 "applied": applied,
                 "localPods": node.local_pods().len(),
                 "endpoints": node.engine().endpoints().count(),

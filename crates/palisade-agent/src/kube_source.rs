@@ -1,77 +1,184 @@
-//! The `kube` source: kube-runtime reflectors on Pods, Namespaces,
+//! The `kube` source: kube-runtime watchers on Pods, Namespaces,
 //! NetworkPolicies and Nodes (the standard list and watch calls, nothing
-//! else), turned into the same cluster states as the `dir` source. Kept
-//! thin on purpose: the watcher handles bookmarks, `410 Gone` re-lists and
-//! deletions of objects it never saw; this adapter only says when a
-//! complete, changed state is there, and reads it through the same
-//! parsers and checks as manifest files.
+//! else), turned into object updates as the `dir` source makes them. Each
+//! watch event is read on arrival through the same parsers and checks as
+//! manifest files, so a change costs one object, not a cluster. An object
+//! that cannot be read stands as its stand-ins (fails closed where it
+//! could have had an effect); the rest keeps converging.
+//!
+//! Recovery is prompt: the watcher's backoff is capped at 1 s (kube's
+//! default grows to 30 s, which delayed the re-list after an API server
+//! restart by half a minute), a `410 Gone` re-lists at once, and a re-list
+//! deletes what it no longer lists. While any watch is failing, or has not
+//! re-listed since it failed, the source says its view is stale.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::utils::Backoff;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource};
-use palisade_model::{parse_values, Cluster};
+use palisade_model::load::Located;
+use palisade_model::{parse_values, Cluster, ObjectRef};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::ledger::{Ledger, Reading};
 use crate::source::{Source, SourceError, Update};
+
+/// One object as a watch event left it: read, unreadable (why), or gone.
+type Delta = (ObjectRef, Option<Result<Located, String>>);
+
+const KINDS: [&str; 4] = ["Pod", "Namespace", "NetworkPolicy", "Node"];
 
 /// What the watch tasks share with the agent's loop.
 #[derive(Default)]
 struct Shared {
-    /// Bumped by every event of every kind.
-    generation: AtomicU64,
+    deltas: Mutex<Vec<Delta>>,
     /// Per kind: the initial list is complete.
     ready: [AtomicBool; 4],
-    /// The last watch error, until the next successful event.
-    error: Mutex<Option<String>>,
+    /// Per kind: the watch failed (why, since when) and has not listed
+    /// again since.
+    failing: [Mutex<Option<(String, Instant)>>; 4],
 }
 
 pub struct KubeSource {
     shared: Arc<Shared>,
-    pods: Store<Pod>,
-    namespaces: Store<Namespace>,
-    policies: Store<NetworkPolicy>,
-    nodes: Store<Node>,
-    seen: Option<u64>,
+    /// Until the first complete state: every object read so far.
+    initial: Option<HashMap<ObjectRef, Result<Located, String>>>,
+    ledger: Ledger,
+    updates: u64,
     digest: Option<String>,
     _runtime: Option<tokio::runtime::Runtime>,
 }
 
-fn watch<K>(
-    api: Api<K>,
-    kind: usize,
-    shared: Arc<Shared>,
-) -> (Store<K>, impl std::future::Future<Output = ()> + Send + 'static)
+/// Exponential from 100 ms to at most 1 s, with jitter: a watch that
+/// failed is retried within a second of the API server coming back.
+struct PromptBackoff {
+    next: Duration,
+    seed: u64,
+}
+
+impl PromptBackoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(1);
+
+    fn new() -> Self {
+        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        PromptBackoff { next: Self::FIRST, seed: (seed as u64) | 1 }
+    }
+}
+
+impl Iterator for PromptBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        // Up to a quarter less, so that many nodes do not retry in step.
+        let jitter = self.next.mul_f64((self.seed % 1000) as f64 / 4000.0);
+        let delay = self.next - jitter;
+        self.next = (self.next * 2).min(Self::MAX);
+        Some(delay)
+    }
+}
+
+impl Backoff for PromptBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+/// Reads one object as the API server sent it.
+fn read<K>(object: &K) -> Delta
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()> + Serialize,
 {
-    let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
-    let task = stream.for_each(move |event| {
-        let shared = shared.clone();
-        async move {
-            match event {
-                Ok(event) => {
-                    if matches!(event, watcher::Event::InitDone) {
-                        shared.ready[kind].store(true, Ordering::SeqCst);
-                    }
-                    *shared.error.lock().expect("lock") = None;
-                    shared.generation.fetch_add(1, Ordering::SeqCst);
-                }
-                // The watcher retries with backoff; the agent keeps its
-                // last good state meanwhile and reports the error.
-                Err(e) => *shared.error.lock().expect("lock") = Some(e.to_string()),
+    let kind = K::kind(&());
+    let meta = object.meta();
+    let name = meta.name.clone().unwrap_or_default();
+    let object_ref = ObjectRef { kind: kind.to_string(), namespace: meta.namespace.clone(), name };
+    let source = format!(
+        "kube:{kind}/{}{}",
+        meta.namespace.as_deref().map(|n| format!("{n}/")).unwrap_or_default(),
+        object_ref.name
+    );
+    let mut value = match serde_json::to_value(object) {
+        Ok(v) => v,
+        Err(e) => return (object_ref, Some(Err(format!("{source}: {e}")))),
+    };
+    // Listed objects carry no kind; the readers dispatch on it.
+    value["kind"] = Value::from(kind.as_ref());
+    value["apiVersion"] = Value::from(K::api_version(&()).as_ref());
+    // Finished pods (Succeeded, Failed) are left out by the model's reader,
+    // and `per_pod` makes each pod its own endpoint, as for every source.
+    let mut manifests = parse_values(vec![(source, value)]).per_pod();
+    let reading = match (manifests.objects.pop(), manifests.problems.is_empty()) {
+        (_, false) => Some(Err(manifests.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))),
+        (Some(located), true) => Some(Ok(located)),
+        (None, true) => None,
+    };
+    (object_ref, reading)
+}
+
+/// Watches one kind, sending every object's reading as it changes.
+async fn watch<K>(api: Api<K>, kind: usize, shared: Arc<Shared>)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug + Send + Sync + 'static,
+{
+    let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).backoff(PromptBackoff::new()));
+    // What the last complete list and the events since hold, and
+    // (during a re-list) what the new list holds so far.
+    let mut known: HashSet<ObjectRef> = HashSet::new();
+    let mut listing: Option<HashSet<ObjectRef>> = None;
+    while let Some(event) = stream.next().await {
+        let mut deltas = Vec::new();
+        match event {
+            Ok(watcher::Event::Init) => listing = Some(HashSet::new()),
+            Ok(watcher::Event::InitApply(object)) => {
+                let delta = read(&object);
+                listing.get_or_insert_with(HashSet::new).insert(delta.0.clone());
+                deltas.push(delta);
+            }
+            Ok(watcher::Event::InitDone) => {
+                let listed = listing.take().unwrap_or_default();
+                // Deleted while the watch was down: the list is the truth.
+                deltas.extend(known.difference(&listed).map(|r| (r.clone(), None)));
+                known = listed;
+                shared.ready[kind].store(true, Ordering::SeqCst);
+                *shared.failing[kind].lock().expect("lock") = None;
+            }
+            Ok(watcher::Event::Apply(object)) => {
+                let delta = read(&object);
+                known.insert(delta.0.clone());
+                deltas.push(delta);
+                *shared.failing[kind].lock().expect("lock") = None;
+            }
+            Ok(watcher::Event::Delete(object)) => {
+                let (object_ref, _) = read(&object);
+                known.remove(&object_ref);
+                deltas.push((object_ref, None));
+                *shared.failing[kind].lock().expect("lock") = None;
+            }
+            // The watcher retries (a 410 re-lists); the view is stale
+            // until it has listed again.
+            Err(e) => {
+                let mut failing = shared.failing[kind].lock().expect("lock");
+                let since = failing.as_ref().map_or_else(Instant::now, |f| f.1);
+                *failing = Some((format!("watching {}s: {e}", KINDS[kind]), since));
             }
         }
-    });
-    (reader, task)
+        if !deltas.is_empty() {
+            shared.deltas.lock().expect("lock").extend(deltas);
+        }
+    }
 }
 
 impl KubeSource {
@@ -94,15 +201,18 @@ impl KubeSource {
     /// Starts watching on `runtime` (tests bring their own).
     pub fn start_on(client: Client, runtime: &tokio::runtime::Handle) -> KubeSource {
         let shared = Arc::new(Shared::default());
-        let (pods, t0) = watch(Api::<Pod>::all(client.clone()), 0, shared.clone());
-        let (namespaces, t1) = watch(Api::<Namespace>::all(client.clone()), 1, shared.clone());
-        let (policies, t2) = watch(Api::<NetworkPolicy>::all(client.clone()), 2, shared.clone());
-        let (nodes, t3) = watch(Api::<Node>::all(client), 3, shared.clone());
-        runtime.spawn(t0);
-        runtime.spawn(t1);
-        runtime.spawn(t2);
-        runtime.spawn(t3);
-        KubeSource { shared, pods, namespaces, policies, nodes, seen: None, digest: None, _runtime: None }
+        runtime.spawn(watch(Api::<Pod>::all(client.clone()), 0, shared.clone()));
+        runtime.spawn(watch(Api::<Namespace>::all(client.clone()), 1, shared.clone()));
+        runtime.spawn(watch(Api::<NetworkPolicy>::all(client.clone()), 2, shared.clone()));
+        runtime.spawn(watch(Api::<Node>::all(client), 3, shared.clone()));
+        KubeSource {
+            shared,
+            initial: Some(HashMap::new()),
+            ledger: Ledger::default(),
+            updates: 0,
+            digest: None,
+            _runtime: None,
+        }
     }
 
     /// Every kind has been listed once.
@@ -110,59 +220,74 @@ impl KubeSource {
         self.shared.ready.iter().all(|r| r.load(Ordering::SeqCst))
     }
 
-    fn objects(&self) -> Vec<(String, Value)> {
-        fn add<K: Serialize + Clone + Resource<DynamicType = ()>>(out: &mut Vec<(String, Value)>, store: &Store<K>) {
-            for object in store.state() {
-                let meta = object.meta();
-                let name = match &meta.namespace {
-                    Some(ns) => format!("kube:{}/{ns}/{}", K::kind(&()), meta.name.as_deref().unwrap_or("")),
-                    None => format!("kube:{}/{}", K::kind(&()), meta.name.as_deref().unwrap_or("")),
-                };
-                if let Ok(mut value) = serde_json::to_value(&*object) {
-                    // Listed objects carry no kind; the readers dispatch on it.
-                    value["kind"] = Value::from(K::kind(&()).as_ref());
-                    value["apiVersion"] = Value::from(K::api_version(&()).as_ref());
-                    out.push((name, value));
-                }
-            }
-        }
-        let mut out = Vec::new();
-        add(&mut out, &self.namespaces);
-        add(&mut out, &self.nodes);
-        add(&mut out, &self.policies);
-        // Finished pods (Succeeded, Failed) are left out by the model's
-        // reader, and `per_pod` makes each pod its own endpoint, as for
-        // every source.
-        add(&mut out, &self.pods);
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
+    /// Why the view may be behind the API server, and since when: a watch
+    /// is failing or has not listed again since it failed.
+    pub fn stale(&self) -> Option<(String, Instant)> {
+        let failing: Vec<(String, Instant)> =
+            self.shared.failing.iter().filter_map(|f| f.lock().expect("lock").clone()).collect();
+        let since = failing.iter().map(|f| f.1).min()?;
+        let why: Vec<String> = failing.into_iter().map(|f| f.0).collect();
+        Some((why.join("; "), since))
     }
 }
 
 impl Source for KubeSource {
     fn poll(&mut self) -> Result<Option<Update>, SourceError> {
-        if let Some(e) = self.shared.error.lock().expect("lock").clone() {
-            return Err(SourceError::Watch(e));
+        let deltas = std::mem::take(&mut *self.shared.deltas.lock().expect("lock"));
+        if let Some(initial) = &mut self.initial {
+            for (object_ref, reading) in deltas {
+                match reading {
+                    Some(r) => initial.insert(object_ref, r),
+                    None => initial.remove(&object_ref),
+                };
+            }
+            if !self.ready() {
+                return Ok(None);
+            }
+            let initial = self.initial.take().expect("checked");
+            let mut refs: Vec<&ObjectRef> = initial.keys().collect();
+            refs.sort();
+            let readings = refs.into_iter().map(|r| {
+                let reading = match &initial[r] {
+                    Ok(located) => Reading::Readable(located),
+                    Err(why) => Reading::Unreadable(why),
+                };
+                (r, reading)
+            });
+            let (cluster, _, _) = Cluster::assemble(self.ledger.full(readings));
+            self.updates += 1;
+            self.digest = Some(format!("kube-{}", self.updates));
+            return Ok(Some(Update::Full(cluster)));
         }
-        if !self.ready() {
+        if deltas.is_empty() {
             return Ok(None);
         }
-        let generation = self.shared.generation.load(Ordering::SeqCst);
-        if self.seen == Some(generation) {
-            return Ok(None);
+        // The last reading of each object counts.
+        let last: BTreeMap<ObjectRef, Option<Result<Located, String>>> = deltas.into_iter().collect();
+        let (mut upserts, mut deletes) = (Vec::new(), Vec::new());
+        for (object_ref, reading) in &last {
+            let reading = match reading {
+                None => Reading::Absent,
+                Some(Ok(located)) => Reading::Readable(located),
+                Some(Err(why)) => Reading::Unreadable(why),
+            };
+            self.ledger.change(object_ref, reading, &mut upserts, &mut deletes);
         }
-        self.seen = Some(generation);
-        let (cluster, problems, _) = Cluster::from_manifests(parse_values(self.objects()).per_pod());
-        if !problems.is_empty() {
-            let text: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
-            return Err(SourceError::InvalidObjects { count: problems.len(), problems: text.join("\n") });
-        }
-        self.digest = Some(format!("kube-{generation}"));
-        Ok(Some(Update::Full(cluster)))
+        self.updates += 1;
+        self.digest = Some(format!("kube-{}", self.updates));
+        Ok(Some(Update::Objects { upserts, deletes }))
     }
 
     fn digest(&self) -> Option<&str> {
         self.digest.as_deref()
+    }
+
+    fn unreadable(&self) -> &BTreeMap<ObjectRef, String> {
+        self.ledger.unreadable()
+    }
+
+    fn stale(&self) -> Option<(String, Instant)> {
+        KubeSource::stale(self)
     }
 }
 

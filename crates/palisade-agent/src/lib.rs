@@ -8,6 +8,7 @@
 pub mod cni_socket;
 pub mod daemon;
 pub mod kube_source;
+pub mod ledger;
 pub mod node;
 pub mod ops;
 pub mod source;

@@ -34,6 +34,8 @@ pub struct LocalPod {
 pub enum NodeError {
     #[error("pod {0} is not in the cluster state this agent has; its policy is unknown")]
     UnknownPod(EndpointKey),
+    #[error("pod {0}'s object cannot be read, so its policy is unknown: {1}")]
+    UnreadablePod(EndpointKey, String),
     #[error("applying the rules: {0}")]
     Apply(#[from] ApplyError),
     #[error("ending denied connections: {0}")]
@@ -84,6 +86,8 @@ pub struct NodeAgent {
     /// (see `conntrack::forget_addresses`).
     forget: Vec<IpAddr>,
     warnings: Vec<String>,
+    /// Objects the source cannot read (the pods among them are refused).
+    unreadable: BTreeMap<ObjectRef, String>,
 }
 
 impl NodeAgent {
@@ -136,6 +140,7 @@ impl NodeAgent {
             checks_ensured: false,
             forget,
             warnings,
+            unreadable: BTreeMap::new(),
         })
     }
 
@@ -255,6 +260,11 @@ impl NodeAgent {
         self.judge_flows = true;
     }
 
+    /// The objects the source cannot read now.
+    pub fn set_unreadable(&mut self, unreadable: BTreeMap<ObjectRef, String>) {
+        self.unreadable = unreadable;
+    }
+
     /// A new state from the source, whole or as changed objects.
     pub fn update(&mut self, update: Update) {
         match update {
@@ -363,7 +373,12 @@ impl NodeAgent {
     /// is forgotten.
     pub fn pod_added(&mut self, key: EndpointKey, pod: LocalPod, check_attached: bool) -> Result<(), NodeError> {
         if self.cluster.endpoints.binary_search_by(|e| e.key.cmp(&key)).is_err() {
-            return Err(NodeError::UnknownPod(key));
+            let object =
+                ObjectRef { kind: "Pod".into(), namespace: Some(key.namespace.clone()), name: key.name.clone() };
+            return Err(match self.unreadable.get(&object) {
+                Some(why) => NodeError::UnreadablePod(key, why.clone()),
+                None => NodeError::UnknownPod(key),
+            });
         }
         let stale: Vec<EndpointKey> = self
             .local

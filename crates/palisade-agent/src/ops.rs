@@ -5,11 +5,12 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
@@ -31,7 +32,11 @@ pub struct Metrics {
     pods_confirmed: Counter,
     pods_refused: Counter,
     last_sync: Gauge<f64, AtomicU64>,
+    unreadable: Family<Vec<(String, String)>, Gauge>,
+    stale_seconds: Gauge<f64, AtomicU64>,
     ready: AtomicBool,
+    /// Why the source's view may be behind (none: current).
+    stale: Mutex<Option<String>>,
     /// Milliseconds since `started` of the loop's last report: liveness.
     heartbeat_ms: AtomicU64,
     started: Instant,
@@ -58,7 +63,10 @@ impl Metrics {
             pods_confirmed: Counter::default(),
             pods_refused: Counter::default(),
             last_sync: Gauge::default(),
+            unreadable: Family::default(),
+            stale_seconds: Gauge::default(),
             ready: AtomicBool::new(false),
+            stale: Mutex::new(None),
             heartbeat_ms: AtomicU64::new(0),
             started: Instant::now(),
             registry: Registry::default(),
@@ -77,6 +85,16 @@ impl Metrics {
         registry.register("source_errors", "Source states refused as invalid", m.source_errors.clone());
         registry.register("pods_confirmed", "CNI ADDs confirmed", m.pods_confirmed.clone());
         registry.register("pods_refused", "CNI ADDs refused", m.pods_refused.clone());
+        registry.register(
+            "unreadable_objects",
+            "Objects the source cannot read (1 each, by kind, namespace and name): each fails closed where it could have had an effect",
+            m.unreadable.clone(),
+        );
+        registry.register(
+            "source_stale_seconds",
+            "How long the source's view may have been behind the API server (0: current)",
+            m.stale_seconds.clone(),
+        );
         registry.register("last_sync_timestamp_seconds", "Unix time of the last successful apply", m.last_sync.clone());
         Metrics { registry, ..m }
     }
@@ -104,6 +122,16 @@ impl Metrics {
             Event::PodRefused(..) => {
                 self.pods_refused.inc();
             }
+            Event::Unreadable { object, .. } => {
+                self.unreadable.get_or_create(&object_labels(object)).set(1);
+            }
+            Event::Readable(object) => {
+                self.unreadable.remove(&object_labels(object));
+            }
+            Event::Stale(stale) => {
+                self.stale_seconds.set(stale.map_or(0.0, |s| s.1.as_secs_f64()));
+                *self.stale.lock().expect("lock") = stale.map(|s| s.0.to_string());
+            }
             Event::PodDeleted(_) | Event::Tick | Event::Warning(_) => {}
         }
         self.endpoints.set(node.engine().endpoints().count() as i64);
@@ -126,8 +154,16 @@ impl Metrics {
     }
 }
 
+fn object_labels(object: &palisade_model::ObjectRef) -> Vec<(String, String)> {
+    vec![
+        ("kind".into(), object.kind.clone()),
+        ("namespace".into(), object.namespace.clone().unwrap_or_default()),
+        ("name".into(), object.name.clone()),
+    ]
+}
+
 /// Serves /healthz (the loop ran in the last 10 s), /readyz (the kernel
-/// holds the current state) and /metrics at `addr`, until the process ends.
+/// holds the current state, and the source's view is not stale) and /metrics at `addr`, until the process ends.
 pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
@@ -147,8 +183,15 @@ fn answer(stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
     let (status, body) = match path {
         "/healthz" if metrics.live() => ("200 OK", "ok\n".to_string()),
         "/healthz" => ("503 Service Unavailable", "the agent loop is stuck\n".to_string()),
-        "/readyz" if metrics.ready.load(Ordering::Relaxed) => ("200 OK", "ok\n".to_string()),
-        "/readyz" => ("503 Service Unavailable", "the kernel does not hold the current state yet\n".to_string()),
+        "/readyz" => match (metrics.ready.load(Ordering::Relaxed), metrics.stale.lock().expect("lock").clone()) {
+            (_, Some(why)) => {
+                ("503 Service Unavailable", format!("the agent's view of the cluster may be stale: {why}\n"))
+            }
+            (true, None) => ("200 OK", "ok\n".to_string()),
+            (false, None) => {
+                ("503 Service Unavailable", "the kernel does not hold the current state yet\n".to_string())
+            }
+        },
         "/metrics" => ("200 OK", metrics.encode()),
         _ => ("404 Not Found", "not found\n".to_string()),
     };

@@ -1,15 +1,20 @@
 //! State sources. `DirSource` reads a directory of manifests (the embedded
 //! default the lab and single-machine users run) and reports a new cluster
-//! state when the files change. Invalid input is an error naming the file,
-//! object and field; the caller keeps the last good state.
+//! state when the files change. An object that cannot be read is named
+//! with its file and field and stands in the state as its stand-ins
+//! (`palisade_model::stand_in`): it fails closed where it could have had
+//! an effect, and every other change goes on converging.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use palisade_model::load::Located;
 use palisade_model::load::Object;
-use palisade_model::{parse_sources, read_paths, Cluster, Manifests, ObjectRef, Problem};
+use palisade_model::{parse_sources, read_paths, Cluster, ObjectRef, Problem};
+
+use crate::ledger::{Ledger, Reading};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -42,17 +47,28 @@ pub trait Source: Send {
     fn poll(&mut self) -> Result<Option<Update>, SourceError>;
     /// Which state the last `Some` was (for whoever wrote it).
     fn digest(&self) -> Option<&str>;
+    /// The objects that cannot be read, with why: each is in the state as
+    /// its stand-ins (`palisade_model::stand_in`), failing closed.
+    fn unreadable(&self) -> &BTreeMap<ObjectRef, String>;
+    /// Why the view may be behind the truth, and since when (the API
+    /// server cannot be watched). The last state stays in force meanwhile.
+    fn stale(&self) -> Option<(String, std::time::Instant)> {
+        None
+    }
 }
 
 /// A directory of manifests, read again when any file in it changes. Only
 /// changed files are parsed again (parsing is most of the cost: 15,000
 /// objects take seconds, a file of 100 a few milliseconds), and a change
-/// of plain objects is reported as just those objects.
+/// of pods, policies, namespaces, nodes and services is reported as just
+/// those objects.
 pub struct DirSource {
     dir: PathBuf,
     seen: Option<Fingerprint>,
-    /// The last state read without problems, per file.
     files: BTreeMap<PathBuf, ParsedFile>,
+    /// The files that declare each object (more than one: unreadable).
+    index: HashMap<ObjectRef, Vec<PathBuf>>,
+    ledger: Ledger,
     digest: Option<String>,
 }
 
@@ -65,7 +81,75 @@ type FileId = (u64, Option<SystemTime>, u64);
 struct ParsedFile {
     id: FileId,
     text_hash: u64,
-    manifests: Manifests,
+    objects: BTreeMap<ObjectRef, Located>,
+    /// The file's objects that cannot be read, with why.
+    unreadable: BTreeMap<ObjectRef, String>,
+}
+
+impl ParsedFile {
+    fn refs(&self) -> impl Iterator<Item = &ObjectRef> {
+        self.objects.keys().chain(self.unreadable.keys())
+    }
+
+    /// Reads one file's text. A problem that names no object (the file is
+    /// not YAML) makes every object the file held before unreadable: what
+    /// it says now is unknown. The file itself is then listed as an
+    /// unreadable object of kind `File`.
+    fn parse(path: &Path, id: FileId, text: Result<String, std::io::Error>, before: Option<&ParsedFile>) -> Self {
+        let name = path.display().to_string();
+        let mut file = ParsedFile { id, text_hash: 0, objects: BTreeMap::new(), unreadable: BTreeMap::new() };
+        let mut unnamed: Vec<String> = Vec::new();
+        match text {
+            Ok(text) => {
+                file.text_hash = fnv(text.bytes(), FNV_START);
+                let manifests = parse_sources(&[palisade_model::Source { name: name.clone(), text }]).per_pod();
+                for p in manifests.problems {
+                    match &p {
+                        Problem::Invalid { object, .. } => {
+                            add_reason(&mut file.unreadable, object.clone(), p.to_string())
+                        }
+                        _ => unnamed.push(p.to_string()),
+                    }
+                }
+                for l in manifests.objects {
+                    if file.unreadable.contains_key(&l.object_ref) {
+                        continue;
+                    }
+                    if let Some(first) = file.objects.get(&l.object_ref) {
+                        let why = format!("{}: declared twice: first at {}", l.location, first.location);
+                        file.objects.remove(&l.object_ref);
+                        add_reason(&mut file.unreadable, l.object_ref, why);
+                    } else {
+                        file.objects.insert(l.object_ref.clone(), l);
+                    }
+                }
+            }
+            Err(e) => unnamed.push(Problem::Read { file: name.clone(), reason: e.to_string() }.to_string()),
+        }
+        if !unnamed.is_empty() {
+            let why = unnamed.join("\n");
+            let held: Vec<ObjectRef> =
+                before.into_iter().flat_map(|b| b.refs()).filter(|r| r.kind != FILE).cloned().collect();
+            for r in held {
+                if !file.objects.contains_key(&r) && !file.unreadable.contains_key(&r) {
+                    file.unreadable.insert(r, why.clone());
+                }
+            }
+            file.unreadable.insert(ObjectRef { kind: FILE.into(), namespace: None, name }, why);
+        }
+        file
+    }
+}
+
+/// The kind under which a file that names no object is listed unreadable.
+pub const FILE: &str = "File";
+
+fn add_reason(map: &mut BTreeMap<ObjectRef, String>, object: ObjectRef, why: String) {
+    let entry = map.entry(object).or_default();
+    if !entry.is_empty() {
+        entry.push('\n');
+    }
+    entry.push_str(&why);
 }
 
 const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
@@ -101,7 +185,14 @@ pub fn digest_dir(dir: &Path) -> String {
 
 impl DirSource {
     pub fn new(dir: &Path) -> Self {
-        DirSource { dir: dir.to_path_buf(), seen: None, files: BTreeMap::new(), digest: None }
+        DirSource {
+            dir: dir.to_path_buf(),
+            seen: None,
+            files: BTreeMap::new(),
+            index: HashMap::new(),
+            ledger: Ledger::default(),
+            digest: None,
+        }
     }
 
     /// The manifest files (those `read_paths` reads) and their ids. A
@@ -134,24 +225,36 @@ impl DirSource {
         Ok(out)
     }
 
-    /// The whole cluster of `files`, or its problems.
-    fn assemble<'a>(files: impl Iterator<Item = &'a ParsedFile>) -> (Cluster, Vec<Problem>) {
-        let mut objects = Vec::new();
-        let mut problems = Vec::new();
-        for f in files {
-            objects.extend(f.manifests.objects.iter().cloned());
-            problems.extend(f.manifests.problems.iter().cloned());
+    /// How `object` reads across all files now.
+    fn reading<'a>(
+        files: &'a BTreeMap<PathBuf, ParsedFile>,
+        index: &'a HashMap<ObjectRef, Vec<PathBuf>>,
+        object: &ObjectRef,
+        twice: &'a mut String,
+    ) -> Reading<'a> {
+        match index.get(object).map(Vec::as_slice).unwrap_or_default() {
+            [] => Reading::Absent,
+            [path] => {
+                let f = &files[path];
+                match (f.objects.get(object), f.unreadable.get(object)) {
+                    (Some(l), None) => Reading::Readable(l),
+                    (_, Some(why)) => Reading::Unreadable(why),
+                    (None, None) => Reading::Absent,
+                }
+            }
+            paths => {
+                let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+                *twice = format!("{object}: declared in more than one file: {}", names.join(", "));
+                Reading::Unreadable(twice)
+            }
         }
-        let (cluster, more, _) = Cluster::assemble(objects);
-        problems.extend(more);
-        (cluster, problems)
     }
 }
 
 /// An object that is itself in a [`Cluster`]: anything but a workload's
 /// template (on a node, every pod is its own endpoint: `per_pod`).
-fn plain(object: &Object) -> bool {
-    !matches!(object, Object::Endpoint(ep) if ep.key.kind.is_some())
+fn plain(object: &Located) -> bool {
+    !matches!(&object.object, Object::Endpoint(ep) if ep.key.kind.is_some())
 }
 
 fn refused(dir: &Path, problems: &[Problem]) -> SourceError {
@@ -161,93 +264,81 @@ fn refused(dir: &Path, problems: &[Problem]) -> SourceError {
 
 impl Source for DirSource {
     /// `Some(update)` when the directory changed since the last call (the
-    /// first call always reads), `None` when nothing changed. A refused
-    /// state changes nothing: the next change is compared with the last
-    /// good one.
+    /// first call always reads), `None` when nothing changed.
     fn poll(&mut self) -> Result<Option<Update>, SourceError> {
         let now = self.fingerprint()?;
         if self.seen.as_ref() == Some(&now) {
             return Ok(None);
         }
         self.seen = Some(now.clone());
-        let mut problems = Vec::new();
-        // The files that differ from the last good state, read again.
+        // The files that differ from the last read, read again.
         let mut fresh: BTreeMap<PathBuf, ParsedFile> = BTreeMap::new();
         for (path, id) in &now {
-            if self.files.get(path).is_some_and(|f| f.id == *id) {
+            let before = self.files.get(path);
+            if before.is_some_and(|f| f.id == *id) {
                 continue;
             }
-            let name = path.display().to_string();
-            match std::fs::read_to_string(path) {
-                Ok(text) => {
-                    let text_hash = fnv(text.bytes(), FNV_START);
-                    let manifests = parse_sources(&[palisade_model::Source { name, text }]).per_pod();
-                    fresh.insert(path.clone(), ParsedFile { id: *id, text_hash, manifests });
-                }
-                Err(e) => problems.push(Problem::Read { file: name, reason: e.to_string() }),
-            }
+            let file = ParsedFile::parse(path, *id, std::fs::read_to_string(path), before);
+            fresh.insert(path.clone(), file);
         }
-        let listed: std::collections::HashSet<&PathBuf> = now.iter().map(|(p, _)| p).collect();
+        let listed: HashSet<&PathBuf> = now.iter().map(|(p, _)| p).collect();
         let removed: Vec<PathBuf> = self.files.keys().filter(|p| !listed.contains(p)).cloned().collect();
-        for f in fresh.values() {
-            problems.extend(f.manifests.problems.iter().cloned());
-        }
-        if !problems.is_empty() {
-            return Err(refused(&self.dir, &problems));
-        }
-        let old: Vec<&Object> = fresh
-            .keys()
-            .chain(&removed)
-            .filter_map(|p| self.files.get(p))
-            .flat_map(|f| f.manifests.objects.iter().map(|l| &l.object))
-            .collect();
-        let new: Vec<&palisade_model::load::Located> = fresh.values().flat_map(|f| &f.manifests.objects).collect();
-        let incremental =
-            self.digest.is_some() && old.iter().all(|o| plain(o)) && new.iter().all(|l| plain(&l.object)) && {
-                // Declared twice (here or in an unchanged file) is a problem
-                // only a full read reports.
-                let unchanged: std::collections::HashSet<&ObjectRef> = self
-                    .files
-                    .iter()
-                    .filter(|(p, _)| !fresh.contains_key(*p) && !removed.contains(p))
-                    .flat_map(|(_, f)| f.manifests.objects.iter().map(|l| &l.object_ref))
-                    .collect();
-                let mut seen = std::collections::HashSet::new();
-                new.iter().all(|l| !unchanged.contains(&l.object_ref) && seen.insert(&l.object_ref))
-            };
-        let update = if incremental {
-            let new_refs: std::collections::HashSet<&ObjectRef> = new.iter().map(|l| &l.object_ref).collect();
-            let deletes: Vec<ObjectRef> = fresh
-                .keys()
-                .chain(&removed)
-                .filter_map(|p| self.files.get(p))
-                .flat_map(|f| &f.manifests.objects)
-                .filter(|l| !new_refs.contains(&l.object_ref))
-                .map(|l| l.object_ref.clone())
-                .collect();
-            let upserts: Vec<Object> = new.iter().map(|l| l.object.clone()).collect();
-            Update::Objects { upserts, deletes }
-        } else {
-            let unchanged = self.files.iter().filter(|(p, _)| !fresh.contains_key(*p) && !removed.contains(p));
-            let (cluster, problems) = Self::assemble(unchanged.map(|(_, f)| f).chain(fresh.values()));
-            if !problems.is_empty() {
-                return Err(refused(&self.dir, &problems));
+        // Every object the changed files held or hold.
+        let mut affected: BTreeSet<ObjectRef> = BTreeSet::new();
+        let mut templates = false;
+        for path in fresh.keys().chain(&removed) {
+            if let Some(old) = self.files.remove(path) {
+                templates |= !old.objects.values().all(plain);
+                for r in old.refs() {
+                    if let Some(paths) = self.index.get_mut(r) {
+                        paths.retain(|p| p != path);
+                        if paths.is_empty() {
+                            self.index.remove(r);
+                        }
+                    }
+                    affected.insert(r.clone());
+                }
             }
-            Update::Full(cluster)
-        };
-        for p in &removed {
-            self.files.remove(p);
         }
-        self.files.extend(fresh);
+        for (path, f) in fresh {
+            templates |= !f.objects.values().all(plain);
+            for r in f.refs() {
+                self.index.entry(r.clone()).or_default().push(path.clone());
+                affected.insert(r.clone());
+            }
+            self.files.insert(path, f);
+        }
+        let update = if self.digest.is_none() || templates {
+            // Workloads' templates are grouped with their pods: read whole.
+            let refs: Vec<&ObjectRef> = self.index.keys().collect();
+            let mut scratch: Vec<String> = vec![String::new(); refs.len()];
+            let readings =
+                refs.iter().zip(scratch.iter_mut()).map(|(r, s)| (*r, Self::reading(&self.files, &self.index, r, s)));
+            let objects = self.ledger.full(readings);
+            let (cluster, _problems, _) = Cluster::assemble(objects);
+            // (Nothing is declared twice in `objects`: those are unreadable.)
+            Update::Full(cluster)
+        } else {
+            let (mut upserts, mut deletes) = (Vec::new(), Vec::new());
+            for r in &affected {
+                let mut scratch = String::new();
+                let reading = Self::reading(&self.files, &self.index, r, &mut scratch);
+                self.ledger.change(r, reading, &mut upserts, &mut deletes);
+            }
+            Update::Objects { upserts, deletes }
+        };
         let names: Vec<(String, u64)> =
             self.files.iter().map(|(p, f)| (p.display().to_string(), f.text_hash)).collect();
         self.digest = Some(combine(names.iter().map(|(n, h)| (n.as_str(), *h))));
         Ok(Some(update))
     }
 
-    /// The digest of the last state read without problems.
     fn digest(&self) -> Option<&str> {
         self.digest.as_deref()
+    }
+
+    fn unreadable(&self) -> &BTreeMap<ObjectRef, String> {
+        self.ledger.unreadable()
     }
 }
 
@@ -263,7 +354,7 @@ mod tests {
     }
 
     #[test]
-    fn reports_changes_and_refuses_invalid_input() {
+    fn reports_changes_and_names_unreadable_objects() {
         let dir = std::env::temp_dir().join(format!("palisade-dirsource-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -281,12 +372,25 @@ mod tests {
         let good = source.digest().unwrap().to_string();
         assert_eq!(good, digest_dir(&dir), "the writer can compute what the agent read");
 
-        // Invalid input: refused, naming the file; nothing changes.
+        // An unreadable object: named with its file and field, and left
+        // out (a pod); nothing else changes.
         std::fs::write(dir.join("bad.yaml"), "apiVersion: v1\nkind: Pod\nmetadata: {name: c}\nspec: {containers: 7}\n")
             .unwrap();
-        let err = source.poll().unwrap_err().to_string();
-        assert!(err.contains("bad.yaml") && err.contains("last good state"), "{err}");
-        assert_eq!(source.digest(), Some(good.as_str()), "a refused state is not reported as read");
+        let Some(Update::Objects { upserts, deletes }) = source.poll().unwrap() else { panic!("not incremental") };
+        assert_eq!(
+            (upserts.len(), deletes.iter().map(|r| r.to_string()).collect::<Vec<_>>()),
+            (0, vec!["Pod default/c".to_string()])
+        );
+        let why: Vec<String> = source.unreadable().iter().map(|(o, why)| format!("{o}: {why}")).collect();
+        assert!(why.len() == 1 && why[0].contains("bad.yaml") && why[0].contains("spec.containers"), "{why:?}");
+        assert_eq!(source.digest().unwrap(), digest_dir(&dir));
+
+        // A file that is not YAML at all: listed as such.
+        std::fs::write(dir.join("junk.yaml"), "kind: [\n").unwrap();
+        source.poll().unwrap();
+        assert!(source.unreadable().keys().any(|o| o.kind == FILE && o.name.ends_with("junk.yaml")));
+        std::fs::remove_file(dir.join("junk.yaml")).unwrap();
+        source.poll().unwrap();
 
         // Fixed, and a.yaml's pod renamed meanwhile: compared with the last
         // good state, so the old a goes.
@@ -294,7 +398,8 @@ mod tests {
         std::fs::write(dir.join("a.yaml"), pod.replace("namespace: x", "namespace: y")).unwrap();
         let Some(Update::Objects { upserts, deletes }) = source.poll().unwrap() else { panic!("not incremental") };
         assert_eq!(upserts.len(), 1);
-        assert_eq!(deletes.iter().map(|r| r.to_string()).collect::<Vec<_>>(), ["Pod x/a"]);
+        assert_eq!(deletes.iter().map(|r| r.to_string()).collect::<Vec<_>>(), ["Pod default/c", "Pod x/a"]);
+        assert!(source.unreadable().is_empty());
         assert_eq!(source.digest().unwrap(), digest_dir(&dir));
 
         // A workload's replica is a pod like any other on a node: just that object.
@@ -314,10 +419,15 @@ mod tests {
         let mut missing = DirSource::new(&dir.join("nope"));
         assert!(missing.poll().unwrap_err().to_string().contains("nope"));
 
-        // Declared twice across files: refused.
+        // Declared in two files: unreadable, so left out, until one goes.
         std::fs::write(dir.join("d.yaml"), pod.replace("name: a", "name: b")).unwrap();
-        let err = source.poll().unwrap_err().to_string();
-        assert!(err.contains("declared twice"), "{err}");
+        let Some(Update::Objects { deletes, .. }) = source.poll().unwrap() else { panic!("not incremental") };
+        assert_eq!(deletes.iter().map(|r| r.to_string()).collect::<Vec<_>>(), ["Pod x/b"]);
+        let why: Vec<String> = source.unreadable().values().cloned().collect();
+        assert!(why.iter().any(|w| w.contains("more than one file") && w.contains("d.yaml")), "{why:?}");
+        std::fs::remove_file(dir.join("d.yaml")).unwrap();
+        let Some(Update::Objects { upserts, .. }) = source.poll().unwrap() else { panic!("not incremental") };
+        assert_eq!(upserts.len(), 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

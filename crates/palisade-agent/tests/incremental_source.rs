@@ -1,8 +1,10 @@
 //! The dir source's object updates, applied by the node agent one by one,
-//! give exactly the cluster and the verdicts a full read gives: 300 random
+//! give exactly the cluster and the verdicts a full read gives (unreadable
+//! objects replaced by their stand-ins in both): 300 random
 //! edits of a manifests directory (relabels, pods and policies added and
 //! removed, namespaces relabeled, objects moved between files, a
-//! workload's replica, and a workload that forces a full read). No kernel
+//! workload's replica, a workload that forces a full read, objects made
+//! unreadable, a pod declared in two files). No kernel
 //! is touched.
 
 use std::path::Path;
@@ -10,6 +12,7 @@ use std::path::Path;
 use palisade_agent::node::{NodeAgent, NodeOptions};
 use palisade_agent::source::{DirSource, Source, Update};
 use palisade_engine::{Engine, Flow, FlowEnd};
+use palisade_model::stand_in::fail_closed;
 use palisade_model::{parse_sources, read_paths, Cluster, Protocol};
 
 struct Rng(u64);
@@ -62,13 +65,25 @@ fn write(dir: &Path, items: &[Option<Item>]) {
     }
 }
 
-fn full_read(dir: &Path) -> Cluster {
+/// The whole directory read at once, unreadable objects replaced by their
+/// stand-ins: what the node must hold.
+fn full_read(dir: &Path) -> (Cluster, Vec<String>) {
     let (sources, problems) = read_paths(&[dir.to_path_buf()]);
     assert!(problems.is_empty());
     // The node's view: every pod itself.
-    let (c, problems, _) = Cluster::from_manifests(parse_sources(&sources).per_pod());
+    let m = parse_sources(&sources).per_pod();
+    let fc = fail_closed(m.objects, m.problems);
+    assert!(fc.unnamed.is_empty(), "{:?}", fc.unnamed);
+    let (c, problems, _) = Cluster::assemble(fc.objects);
     assert!(problems.is_empty(), "{problems:?}");
-    c
+    (c, fc.unreadable.keys().map(|o| o.to_string()).collect())
+}
+
+/// `text` made unreadable: a field the API server would refuse.
+fn broken(text: &str) -> String {
+    text.replace("tier: t", "'tier!': t")
+        .replace("containers: [{name: c, image: i, ports: [{containerPort: 80, name: http}]}]", "containers: 7")
+        .replace("podSelector: {matchLabels: {role:", "podSelector: {matchLabels: {'role!':")
 }
 
 fn verdicts(engine: &Engine) -> Vec<(String, String, bool)> {
@@ -94,8 +109,9 @@ fn object_updates_equal_full_reads() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let mut rng = Rng(0x1234_5678);
-    // Slots: 0-2 namespaces, 3-10 pods, 11-14 policies, 15 a replica, 16 a workload.
-    let mut items: Vec<Option<Item>> = vec![None; 17];
+    // Slots: 0-2 namespaces, 3-10 pods, 11-14 policies, 15 a replica, 16 a
+    // workload, 17 a second declaration of slot 3's pod.
+    let mut items: Vec<Option<Item>> = vec![None; 18];
     for (ns, item) in items.iter_mut().enumerate().take(3) {
         *item = Some(Item { file: 0, text: namespace(ns, ns % 2) });
     }
@@ -105,9 +121,9 @@ fn object_updates_equal_full_reads() {
     write(&dir, &items);
     let mut source = DirSource::new(&dir);
     let mut node = NodeAgent::new(NodeOptions::default()).unwrap();
-    let (mut incremental, mut full) = (0, 0);
+    let (mut incremental, mut full, mut broken_seen) = (0, 0, 0);
     for step in 0..300 {
-        let slot = rng.below(17);
+        let slot = rng.below(18);
         let file = rng.below(3);
         items[slot] = match slot {
             0..=2 => Some(Item { file, text: namespace(slot, rng.below(3)) }),
@@ -115,9 +131,18 @@ fn object_updates_equal_full_reads() {
             3..=10 => Some(Item { file, text: pod(slot - 3, rng.below(3), rng.below(3)) }),
             11..=14 if rng.below(3) == 0 => None,
             11..=14 => Some(Item { file, text: policy(slot - 11, rng.below(3), rng.below(3), rng.below(3)) }),
+            17 if items[slot].is_some() => None,
+            // The same pod as slot 3's, in any file: declared twice.
+            17 => Some(Item { file, text: pod(0, rng.below(3), 0) }),
             _ if items[slot].is_some() => None,
             _ => Some(Item { file, text: replica(slot) }),
         };
+        // One edit in six leaves its object unreadable.
+        if slot < 15 && rng.below(6) == 0 {
+            if let Some(item) = &mut items[slot] {
+                item.text = broken(&item.text);
+            }
+        }
         write(&dir, &items);
         match source.poll().unwrap_or_else(|e| panic!("step {step}: {e}")) {
             Some(u @ Update::Objects { .. }) => {
@@ -130,13 +155,17 @@ fn object_updates_equal_full_reads() {
             }
             None => continue,
         }
-        let expected = full_read(&dir);
+        let (expected, unreadable) = full_read(&dir);
         let got = node.cluster();
+        let named: Vec<String> = source.unreadable().keys().map(|o| o.to_string()).collect();
+        assert_eq!(named, unreadable, "step {step}: unreadable objects");
+        broken_seen += unreadable.len();
         assert_eq!(got.endpoints, expected.endpoints, "step {step}: endpoints");
         assert_eq!(got.policies, expected.policies, "step {step}: policies");
         assert_eq!(got.namespaces, expected.namespaces, "step {step}: namespaces");
         assert_eq!(verdicts(node.engine()), verdicts(&Engine::from_cluster(&expected)), "step {step}: verdicts");
     }
     assert!(incremental > 100 && full > 10, "both paths ran: {incremental} incremental, {full} full");
+    assert!(broken_seen > 50, "unreadable objects were tried: {broken_seen}");
     let _ = std::fs::remove_dir_all(&dir);
 }

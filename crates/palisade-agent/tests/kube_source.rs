@@ -12,7 +12,8 @@ use http::{Request, Response};
 use kube::client::Body;
 use kube::Client;
 use palisade_agent::kube_source::KubeSource;
-use palisade_agent::source::{Source, SourceError, Update};
+use palisade_agent::node::{NodeAgent, NodeOptions};
+use palisade_agent::source::{Source, Update};
 use palisade_model::Cluster;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -123,21 +124,21 @@ fn policy(name: &str) -> Value {
     })
 }
 
-/// Polls until the source reports a state `done` accepts (or 5 s pass).
-fn wait_for(source: &mut KubeSource, what: &str, done: impl Fn(&Cluster) -> bool) -> Cluster {
+/// Polls until the state the source's updates build on a node is one
+/// `done` accepts (or 5 s pass).
+fn wait_for(source: &mut KubeSource, node: &mut NodeAgent, what: &str, done: impl Fn(&Cluster) -> bool) -> Cluster {
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut last = None;
     loop {
         match source.poll() {
-            Ok(Some(Update::Full(c))) if done(&c) => return c,
-            Ok(Some(Update::Objects { .. })) => panic!("the kube source reports whole states"),
-            Ok(Some(Update::Full(c))) => {
-                last = Some(format!("{:?}", c.endpoints.iter().map(|e| &e.key).collect::<Vec<_>>()))
-            }
+            Ok(Some(update)) => node.update(update),
             Ok(None) => {}
             Err(e) => last = Some(e.to_string()),
         }
-        assert!(Instant::now() < deadline, "{what}: not reached in 5 s; last: {last:?}");
+        if source.digest().is_some() && done(node.cluster()) {
+            return node.cluster().clone();
+        }
+        assert!(Instant::now() < deadline, "{what}: not reached in 5 s; last: {last:?}; {:?}", pods_of(node.cluster()));
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -151,6 +152,7 @@ fn replays_lists_watches_bookmarks_and_gone() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let (client, api, log) = fake_api_server(&runtime);
     let mut source = KubeSource::start_on(client, runtime.handle());
+    let mut node = NodeAgent::new(NodeOptions::default()).unwrap();
 
     // Pods are listed first: not a complete state yet.
     let owned = json!({"ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "a-7d9", "uid": "rs", "controller": true}]});
@@ -185,7 +187,7 @@ fn replays_lists_watches_bookmarks_and_gone() {
         vec![json!({"metadata": {"name": "n1"}, "spec": {"podCIDR": "10.1.0.0/24", "podCIDRs": ["10.1.0.0/24"]}})],
     ))
     .unwrap();
-    let c = wait_for(&mut source, "the initial lists", |c| c.endpoints.len() == 2);
+    let c = wait_for(&mut source, &mut node, "the initial lists", |c| c.endpoints.len() == 2);
     assert_eq!(pods_of(&c), ["x/a", "x/b"], "pods are themselves (not their ReplicaSet); a finished pod is gone");
     assert_eq!(c.policies.len(), 1);
     assert_eq!(c.namespaces["x"].labels.get("team").map(String::as_str), Some("t"));
@@ -203,7 +205,7 @@ fn replays_lists_watches_bookmarks_and_gone() {
         ],
     ))
     .unwrap();
-    let c = wait_for(&mut source, "the watch events", |c| c.endpoints.len() == 3);
+    let c = wait_for(&mut source, &mut node, "the watch events", |c| c.endpoints.len() == 3);
     assert_eq!(pods_of(&c), ["x/a", "x/b", "x/c"]);
     let b = c.endpoints.iter().find(|e| e.key.name == "b").unwrap();
     assert_eq!(b.labels.get("tier").map(String::as_str), Some("db"), "the relabel is seen");
@@ -221,7 +223,7 @@ fn replays_lists_watches_bookmarks_and_gone() {
         ],
     ))
     .unwrap();
-    let c = wait_for(&mut source, "the re-list after 410", |c| c.endpoints.len() == 2);
+    let c = wait_for(&mut source, &mut node, "the re-list after 410", |c| c.endpoints.len() == 2);
     assert_eq!(pods_of(&c), ["x/a", "x/c"], "what the re-list says, b included in its absence");
     let pod_lists =
         log.lock().unwrap().iter().filter(|u| u.starts_with("/api/v1/pods?") && !u.contains("watch=true")).count();
@@ -229,22 +231,30 @@ fn replays_lists_watches_bookmarks_and_gone() {
 
     // A policy deleted.
     api.send(events(Kind::Policies, vec![("DELETED", with_kind(policy("np"), "NetworkPolicy"))])).unwrap();
-    let c = wait_for(&mut source, "the policy deletion", |c| c.policies.is_empty());
+    let c = wait_for(&mut source, &mut node, "the policy deletion", |c| c.policies.is_empty());
     assert_eq!(c.endpoints.len(), 2);
 
-    // An object the agent cannot read: refused, naming it; the caller keeps the last good state.
+    // An object the agent cannot read: named, and in force as a deny-all
+    // policy of its namespace (it fails closed); the rest goes on.
     let mut bad = policy("bad");
     bad["spec"]["ingress"] = json!([{"from": [{"ipBlock": {"cidr": "10.0.0.0/33"}}]}]);
     api.send(events(Kind::Policies, vec![("ADDED", with_kind(bad, "NetworkPolicy"))])).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let err = loop {
-        match source.poll() {
-            Err(e @ SourceError::InvalidObjects { .. }) => break e.to_string(),
-            _ => assert!(Instant::now() < deadline, "the bad policy was not refused"),
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    assert!(err.contains("kube:NetworkPolicy/x/bad") && err.contains("cidr"), "{err}");
+    let c = wait_for(&mut source, &mut node, "the bad policy's stand-in", |c| c.policies.len() == 1);
+    assert_eq!(c.policies[0], palisade_model::stand_in::deny_all("x", "bad"));
+    let why: Vec<String> = source.unreadable().iter().map(|(o, why)| format!("{o}: {why}")).collect();
+    assert!(why.len() == 1 && why[0].contains("kube:NetworkPolicy/x/bad") && why[0].contains("cidr"), "{why:?}");
+    api.send(events(
+        Kind::Pods,
+        vec![("ADDED", with_kind(pod("d", json!({"app": "d"}), "10.1.0.4", json!({})), "Pod"))],
+    ))
+    .unwrap();
+    wait_for(&mut source, &mut node, "a pod added after the bad policy", |c| c.endpoints.len() == 3);
+    api.send(events(Kind::Policies, vec![("MODIFIED", with_kind(policy("bad"), "NetworkPolicy"))])).unwrap();
+    let c = wait_for(&mut source, &mut node, "the policy fixed", |c| {
+        c.policies.first().is_some_and(|p| p.ingress.as_ref().is_some_and(|i| !i.is_empty()))
+    });
+    assert!(source.unreadable().is_empty());
+    assert_eq!(c.policies.len(), 1);
 
     for uri in log.lock().unwrap().iter() {
         assert!(!uri.contains("labelSelector") || uri.contains("watch"), "plain list/watch calls only: {uri}");
@@ -260,6 +270,7 @@ fn the_kube_and_dir_sources_give_the_same_cluster_for_the_same_objects() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let (client, api, _) = fake_api_server(&runtime);
     let mut source = KubeSource::start_on(client, runtime.handle());
+    let mut node = NodeAgent::new(NodeOptions::default()).unwrap();
     let owner = |kind: &str, name: &str| json!({"ownerReferences": [{"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": "o", "controller": true}]});
     let mut host = pod("kube-apiserver-n1", json!({"component": "apiserver"}), "192.168.0.1", owner("Node", "n1"));
     host["spec"]["hostNetwork"] = json!(true);
@@ -278,7 +289,7 @@ fn the_kube_and_dir_sources_give_the_same_cluster_for_the_same_objects() {
     api.send(list(Kind::Namespaces, "NamespaceList", "10", namespaces.clone())).unwrap();
     api.send(list(Kind::Policies, "NetworkPolicyList", "10", vec![policy("np")])).unwrap();
     api.send(list(Kind::Nodes, "NodeList", "10", nodes.clone())).unwrap();
-    let live = wait_for(&mut source, "the initial lists", |c| c.endpoints.len() == 4);
+    let live = wait_for(&mut source, &mut node, "the initial lists", |c| c.endpoints.len() == 4);
 
     let dir = std::env::temp_dir().join(format!("palisade-same-view-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

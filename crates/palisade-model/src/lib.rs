@@ -16,6 +16,7 @@ pub mod objects;
 pub mod policy;
 pub mod render;
 pub mod replicas;
+pub mod stand_in;
 
 pub use cluster::{Cluster, Notice};
 pub use endpoint::{ContainerPort, Endpoint, EndpointKey};

@@ -247,3 +247,83 @@ fn a_pod_is_never_reachable_before_its_policy() {
     let web_addr = SocketAddr::new(web_pod.ips[0], 80);
     assert!(connect_tcp(&other, web_addr, Duration::from_millis(1000)).is_ok(), "web (same node) still reachable");
 }
+
+const TENANT_Y: &str = "
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api, namespace: y, labels: {app: api}}
+spec: {nodeName: lab-node-1, containers: [{name: c, image: i, ports: [{containerPort: 80}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: y, labels: {app: client}}
+spec: {nodeName: lab-node-2, containers: [{name: c, image: i, ports: [{containerPort: 80}]}]}
+";
+
+/// Tenant y's policy, unreadable (a /33 CIDR).
+const BROKEN: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: broken, namespace: y}
+spec:
+  podSelector: {matchLabels: {app: api}}
+  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]
+";
+
+#[test]
+fn a_bad_object_closes_only_what_it_could_affect() {
+    if !privileged("lab with agents: one tenant's bad object") {
+        return;
+    }
+    let run_id = format!("{}bo", std::process::id());
+    let mut lab = Lab::start(&cluster(&format!("{BASE}{TENANT_Y}")), &run_id, &[], options(), |_, _| {}).unwrap();
+    lab.apply().unwrap();
+    let manifests = std::path::Path::new(palisade_lab::agents::AGENTS_DIR).join(&run_id).join("manifests");
+    let judged_by = |lab: &mut Lab, cluster: &Cluster| {
+        lab.engine = Engine::from_cluster(cluster);
+        let results = lab.probe(&[(palisade_model::Protocol::Tcp, 80)]);
+        let wrong: Vec<String> = results
+            .iter()
+            .filter(|r| !r.agrees())
+            .map(|r| format!("{} -> {}: {:?}, engine allows: {}", r.src, r.dst, r.outcome, r.engine_allows))
+            .collect();
+        assert!(wrong.is_empty(), "the kernels disagree with the engine:\n{}", wrong.join("\n"));
+        results
+    };
+    let allowed = |results: &[palisade_lab::ProbeResult], ns: &str| {
+        results.iter().filter(|r| r.src.namespace == ns || r.dst.namespace == ns).filter(|r| r.engine_allows).count()
+    };
+
+    // Tenant y writes a policy no agent can read.
+    std::fs::write(manifests.join("broken.yaml"), BROKEN).unwrap();
+    // Meanwhile tenant x adds a pod and the policy for it is already there:
+    // published (every agent applied it and is ready), and the new pod starts.
+    lab.update(&cluster(&format!("{BASE}{TENANT_Y}{DB}"))).unwrap();
+    lab.publish().expect("every agent converges despite y's bad object");
+    let new = lab.start_new_pods().unwrap();
+    lab.wire_pods(&new).expect("a new pod of x starts despite y's bad object");
+
+    // y is closed: its pods isolated both ways; x is as its policies say.
+    let mut closed = lab.cluster.clone();
+    closed.policies.push(palisade_model::stand_in::deny_all("y", "broken"));
+    let results = judged_by(&mut lab, &closed);
+    assert_eq!(allowed(&results, "y"), 0, "y's pods are isolated both ways");
+    assert!(allowed(&results, "x") >= 3, "x's pods still talk as their policies allow");
+
+    // Each agent names the object.
+    for node in 0..2 {
+        let socket = std::path::Path::new(palisade_lab::agents::AGENTS_DIR).join(&run_id).join(format!("n{node}.sock"));
+        let status =
+            palisade_agent::cni_socket::call(&socket, &serde_json::json!({"op": "status"}), Duration::from_secs(5))
+                .unwrap();
+        assert_eq!(status["unreadable"], serde_json::json!(["NetworkPolicy y/broken"]), "{status}");
+        assert_eq!(status["ready"], serde_json::json!(true), "{status}");
+    }
+
+    // Fixed (here: removed): y is open again.
+    std::fs::remove_file(manifests.join("broken.yaml")).unwrap();
+    lab.publish().unwrap();
+    let open = lab.cluster.clone();
+    let results = judged_by(&mut lab, &open);
+    assert!(allowed(&results, "y") > 0, "y's pods talk again");
+}

@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use palisade_agent::daemon::{run_with, Config, Event};
@@ -17,13 +17,44 @@ use serde_json::json;
 use super::lab::{deny_action, require_root};
 use crate::cli::{AgentArgs, LogFormat};
 
-/// One log line: text for people, JSON lines for collectors.
+/// One log line: text for people, JSON lines for collectors. A line
+/// identical to one written in the last 30 s is held back and counted; the
+/// next time it is written it says how many were held back.
 struct Logger {
     json: bool,
+    recent: std::cell::RefCell<std::collections::HashMap<String, (Instant, u64)>>,
 }
 
+const REPEAT_WINDOW: Duration = Duration::from_secs(30);
+
 impl Logger {
-    fn log(&self, level: &str, msg: &str, fields: serde_json::Value) {
+    fn new(json: bool) -> Self {
+        Logger { json, recent: Default::default() }
+    }
+
+    fn log(&self, level: &str, msg: &str, mut fields: serde_json::Value) {
+        let key = format!("{level}\0{msg}\0{fields}");
+        {
+            let mut recent = self.recent.borrow_mut();
+            let now = Instant::now();
+            recent.retain(|_, (at, held)| now.duration_since(*at) < REPEAT_WINDOW || *held > 0);
+            match recent.get_mut(&key) {
+                Some((at, held)) if now.duration_since(*at) < REPEAT_WINDOW => {
+                    *held += 1;
+                    return;
+                }
+                Some((at, held)) => {
+                    if let serde_json::Value::Object(f) = &mut fields {
+                        f.insert("repeated".into(), json!(*held));
+                    }
+                    *at = now;
+                    *held = 0;
+                }
+                None => {
+                    recent.insert(key, (now, 0));
+                }
+            }
+        }
         if self.json {
             let ts = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
             let mut line = json!({"ts": ts, "level": level, "msg": msg});
@@ -61,13 +92,11 @@ fn stop_on_signal() -> Arc<AtomicBool> {
 
 pub fn run(args: &AgentArgs) -> Result<()> {
     require_root()?;
-    let logger = Logger {
-        json: match args.log_format {
-            LogFormat::Json => true,
-            LogFormat::Text => false,
-            LogFormat::Auto => !std::io::stderr().is_terminal(),
-        },
-    };
+    let logger = Logger::new(match args.log_format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    });
     let stop = stop_on_signal();
     let dir = args.dir.clone().unwrap_or_default();
     let mut config = Config::new(dir.clone(), args.socket.clone(), palisade_cni::plugin::host_ifname);
@@ -111,6 +140,22 @@ pub fn run(args: &AgentArgs) -> Result<()> {
             Event::PodRefused(pod, e) => logger.log("warn", "pod refused", json!({"pod": pod, "error": e})),
             Event::PodDeleted(host_if) => logger.log("info", "pod deleted", json!({"veth": host_if})),
             Event::Warning(w) => logger.log("warn", w, json!({})),
+            Event::Unreadable { object, why } => logger.log(
+                "error",
+                "object cannot be read; it fails closed where it could have had an effect",
+                json!({"kind": object.kind, "namespace": object.namespace, "name": object.name, "error": why}),
+            ),
+            Event::Readable(object) => logger.log(
+                "info",
+                "object readable again",
+                json!({"kind": object.kind, "namespace": object.namespace, "name": object.name}),
+            ),
+            Event::Stale(Some((why, _))) => logger.log(
+                "warn",
+                "the cluster view may be stale; the last state stays in force",
+                json!({"error": why}),
+            ),
+            Event::Stale(None) => logger.log("info", "the cluster view is current again", json!({})),
         }
     };
     let source: Box<dyn Source> = if args.kube {
