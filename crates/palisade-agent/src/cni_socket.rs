@@ -4,6 +4,8 @@
 //!   "podName", "senderCheck"}` → `{"ok": true}` once the pod's policy is in
 //!   the kernel, or `{"error": "..."}`; `"senderCheck": "attached"` says the
 //!   plugin put the veth's sender check in place (else the agent does);
+//!   `"podUID"` (`K8S_POD_UID`) tells pods of one name apart; `"waitMs"`
+//!   is how long the agent may wait for its source to show the pod;
 //! - `{"op": "del", "containerID", "ifname"}` → `{"ok": true}`;
 //! - `{"op": "status"}` → `{"ok": true, "ready", "applied", ...}`;
 //! - `{"op": "podCIDRs"}` → `{"ok": true, "podCIDRs": [...]}` (the Node's).
@@ -33,6 +35,11 @@ pub struct AddRequest {
     pub ips: Vec<IpAddr>,
     /// The plugin attached the veth's sender check itself.
     pub sender_check_attached: bool,
+    /// `K8S_POD_UID`, when the runtime passed it: which pod of that name.
+    pub uid: Option<String>,
+    /// How long the agent may wait for its source to show the pod (the
+    /// runtime's ADD usually follows the pod's creation by milliseconds).
+    pub wait: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,9 +88,57 @@ impl CniSocket {
     /// request (its `Ok` value is merged into `{"ok": true}`); returns at
     /// once if there are none.
     pub fn serve_pending(&self, mut handle: impl FnMut(Request) -> Result<Value, String>) {
-        while let Ok((stream, _)) = self.listener.accept() {
-            let _ = serve_one(stream, &mut handle);
+        for call in self.accept_pending() {
+            let answer = handle(call.request.clone());
+            let _ = call.answer(answer);
         }
+    }
+
+    /// The requests waiting now, each to be answered (now or later) with
+    /// [`Call::answer`]. Bad requests and callers that are not allowed are
+    /// answered here.
+    pub fn accept_pending(&self) -> Vec<Call> {
+        let mut calls = Vec::new();
+        while let Ok((stream, _)) = self.listener.accept() {
+            if let Ok(Some(call)) = read_call(stream) {
+                calls.push(call);
+            }
+        }
+        calls
+    }
+}
+
+/// One request, with the connection its answer goes back on.
+pub struct Call {
+    stream: UnixStream,
+    pub request: Request,
+}
+
+impl Call {
+    /// Sends the answer: `Ok` values are merged into `{"ok": true}`. An
+    /// error here means the caller is gone (it gave up waiting).
+    pub fn answer(self, result: Result<Value, String>) -> std::io::Result<()> {
+        let answer = match result {
+            Ok(extra) => {
+                let mut answer = json!({"ok": true});
+                if let (Some(a), Value::Object(extra)) = (answer.as_object_mut(), extra) {
+                    a.extend(extra);
+                }
+                answer
+            }
+            Err(e) => json!({"error": e}),
+        };
+        // A caller that gave up has closed its end (it sends nothing after
+        // its one line, so the only thing to read before our answer is
+        // that end).
+        use nix::sys::socket::{recv, MsgFlags};
+        use std::os::fd::AsRawFd;
+        let mut byte = [0u8; 1];
+        if let Ok(0) = recv(self.stream.as_raw_fd(), &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
+            return Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the caller closed the connection"));
+        }
+        self.stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+        writeln!(&self.stream, "{answer}")
     }
 }
 
@@ -96,28 +151,27 @@ fn caller_allowed(stream: &UnixStream) -> bool {
     }
 }
 
-fn serve_one(stream: UnixStream, handle: &mut impl FnMut(Request) -> Result<Value, String>) -> std::io::Result<()> {
+/// Reads one request. `None`: a liveness check, or a request answered
+/// here (not parsable, or from a caller that is not allowed).
+fn read_call(stream: UnixStream) -> std::io::Result<Option<Call>> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut line = String::new();
     if BufReader::new(&stream).read_line(&mut line)? == 0 {
-        return Ok(()); // a liveness check
+        return Ok(None); // a liveness check
     }
     if !caller_allowed(&stream) {
         // Read first, then refuse: the caller sees why, not a broken pipe.
-        return writeln!(&stream, "{}", json!({"error": "only root may talk to the palisade agent"}));
+        writeln!(&stream, "{}", json!({"error": "only root may talk to the palisade agent"}))?;
+        return Ok(None);
     }
-    let answer = match parse(&line).and_then(&mut *handle) {
-        Ok(extra) => {
-            let mut answer = json!({"ok": true});
-            if let (Some(a), Value::Object(extra)) = (answer.as_object_mut(), extra) {
-                a.extend(extra);
-            }
-            answer
+    match parse(&line) {
+        Ok(request) => Ok(Some(Call { stream, request })),
+        Err(e) => {
+            writeln!(&stream, "{}", json!({"error": e}))?;
+            Ok(None)
         }
-        Err(e) => json!({"error": e}),
-    };
-    writeln!(&stream, "{answer}")
+    }
 }
 
 fn parse(line: &str) -> Result<Request, String> {
@@ -138,6 +192,8 @@ fn parse(line: &str) -> Result<Request, String> {
                 ifname: text("ifname")?,
                 ips,
                 sender_check_attached: v["senderCheck"] == "attached",
+                uid: v["podUID"].as_str().filter(|u| !u.is_empty()).map(str::to_string),
+                wait: Duration::from_millis(v["waitMs"].as_u64().unwrap_or(0).min(60_000)),
             }))
         }
         Some("del") => Ok(Request::Del { container_id: text("containerID")?, ifname: text("ifname")? }),

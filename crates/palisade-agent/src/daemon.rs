@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::cni_socket::{CniSocket, Request};
+use crate::cni_socket::{Call, CniSocket, Request};
 use crate::node::{LocalPod, NodeAgent, NodeError, NodeOptions};
 use crate::source::{DirSource, Source};
 use palisade_model::ObjectRef;
@@ -72,8 +72,18 @@ pub enum Event<'a> {
         retry_in: Duration,
     },
     PodConfirmed(&'a str),
+    /// The plugin gave up before the confirmation (its timeout): the pod
+    /// did not start, and its DEL follows.
+    PodUnheard(&'a str),
+    /// The source does not show the pod yet (why): its ADD waits, bounded
+    /// by the plugin's timeout.
+    PodWaiting(&'a str, &'a str),
     PodRefused(&'a str, &'a str),
-    PodDeleted(&'a str),
+    /// (pod, veth)
+    PodDeleted(&'a str, &'a str),
+    /// A DEL for a veth this node holds no pod for: never confirmed, or
+    /// deleted already (runtimes DEL twice, and after every failed ADD).
+    PodDeleteIgnored(&'a str),
     /// The loop is alive (about once a second).
     Tick,
     /// Something the agent worked around (a damaged state file, a kernel
@@ -124,6 +134,9 @@ pub fn run_with(
     // What the source could not read, as last reported.
     let mut unreadable: BTreeMap<ObjectRef, String> = BTreeMap::new();
     let mut stale: Option<(String, Instant)> = None;
+    let mut parked: Vec<(Call, Option<Instant>)> = Vec::new();
+    // The source gave an update since parked ADDs were last tried.
+    let mut source_moved = false;
     while !stop.load(Ordering::Relaxed) && config.owner_pid.is_none_or(alive) {
         let now = Instant::now();
         if now >= next_tick {
@@ -140,6 +153,7 @@ pub fn run_with(
                     }
                     read = source.digest().map(str::to_string);
                     burst = Some((burst.map_or(now, |b| b.0), now));
+                    source_moved = true;
                     if source.unreadable() != &unreadable {
                         for (object, why) in source.unreadable() {
                             if unreadable.get(object) != Some(why) {
@@ -187,61 +201,115 @@ pub fn run_with(
                 }
             }
         }
-        socket.serve_pending(|req| match req {
-            Request::Add(req) => {
-                let host_if = (config.host_ifname)(&req.container_id, &req.ifname);
-                let pod = req.pod.to_string();
-                let pod_link = LocalPod { host_if, ips: req.ips };
-                let added = node.pod_added(req.pod, pod_link, req.sender_check_attached).and_then(|_| node.apply());
-                match added {
-                    Ok(_) => {
-                        report(Event::PodConfirmed(&pod), &node);
-                        Ok(json!({}))
-                    }
-                    Err(e) => {
-                        if !matches!(e, NodeError::UnknownPod(_) | NodeError::UnreadablePod(..)) {
-                            // The kernel did not take it: the loop retries as a whole.
-                            failing = true;
-                            report(Event::ApplyFailed { error: &e, retry_in: backoff }, &node);
-                        }
-                        report(Event::PodRefused(&pod, &e.to_string()), &node);
-                        Err(e.to_string())
-                    }
-                }
-            }
-            Request::Del { container_id, ifname } => {
-                let host_if = (config.host_ifname)(&container_id, &ifname);
-                node.pod_deleted(&host_if).and_then(|_| node.apply()).map_err(|e| {
+        // ADDs waiting for the source to show their pod: tried again after
+        // every source update, refused at their deadline.
+        let mut calls: Vec<(Call, Option<Instant>)> = std::mem::take(&mut parked);
+        calls.extend(socket.accept_pending().into_iter().map(|c| (c, None)));
+        for (call, deadline) in calls {
+            let Request::Add(req) = &call.request else {
+                let answer =
+                    answer_other(&call.request, &mut node, config, &applied, failing, &stale, &unreadable, report);
+                if answer.is_err() && matches!(call.request, Request::Del { .. }) {
                     failing = true;
-                    e.to_string()
-                })?;
-                report(Event::PodDeleted(&host_if), &node);
-                Ok(json!({}))
+                }
+                let _ = call.answer(answer);
+                continue;
+            };
+            if deadline.is_some() && !source_moved && deadline.is_some_and(|d| Instant::now() < d) {
+                parked.push((call, deadline));
+                continue;
             }
-            Request::PodCidrs => {
-                let cidrs: Vec<String> = node.pod_cidrs().iter().map(|c| c.to_string()).collect();
-                if cidrs.is_empty() {
-                    Err(format!(
-                        "no pod CIDR known for node {:?} (is the agent's --node-name right, and does its Node have spec.podCIDRs?)",
-                        config.node.node_name.as_deref().unwrap_or("(unnamed)")
-                    ))
-                } else {
-                    Ok(json!({ "podCIDRs": cidrs }))
+            let host_if = (config.host_ifname)(&req.container_id, &req.ifname);
+            let pod = req.pod.to_string();
+            let pod_link = LocalPod { host_if, ips: req.ips.clone() };
+            let added = node
+                .pod_added(req.pod.clone(), req.uid.as_deref(), pod_link, req.sender_check_attached)
+                .and_then(|_| node.apply());
+            match added {
+                Ok(_) => {
+                    if call.answer(Ok(json!({}))).is_ok() {
+                        report(Event::PodConfirmed(&pod), &node);
+                    } else {
+                        report(Event::PodUnheard(&pod), &node);
+                    }
+                }
+                Err(e @ (NodeError::UnknownPod(_) | NodeError::OtherPod(_))) => {
+                    let deadline = deadline.unwrap_or_else(|| Instant::now() + req.wait);
+                    if Instant::now() < deadline {
+                        if !parked.iter().any(|(c, _)| c.request == call.request) {
+                            report(Event::PodWaiting(&pod, &e.to_string()), &node);
+                        }
+                        parked.push((call, Some(deadline)));
+                    } else {
+                        report(Event::PodRefused(&pod, &e.to_string()), &node);
+                        let _ = call.answer(Err(e.to_string()));
+                    }
+                }
+                Err(e) => {
+                    if !matches!(e, NodeError::UnreadablePod(..)) {
+                        // The kernel did not take it: the loop retries as a whole.
+                        failing = true;
+                        report(Event::ApplyFailed { error: &e, retry_in: backoff }, &node);
+                    }
+                    report(Event::PodRefused(&pod, &e.to_string()), &node);
+                    let _ = call.answer(Err(e.to_string()));
                 }
             }
-            Request::Status => Ok(json!({
-                "ready": applied.is_some() && !failing && stale.is_none(),
-                "stale": stale.as_ref().map(|s| &s.0),
-                "unreadable": unreadable.keys().map(|o| o.to_string()).collect::<Vec<_>>(),
-                "applied": applied,
-                "localPods": node.local_pods().len(),
-                "endpoints": node.engine().endpoints().count(),
-            })),
-        });
+        }
+        source_moved = false;
         socket.wait(Duration::from_millis(2));
     }
     let _ = std::fs::remove_file(&config.socket);
     Ok(())
+}
+
+/// Answers every request but ADD.
+#[allow(clippy::too_many_arguments)]
+fn answer_other(
+    request: &Request,
+    node: &mut NodeAgent,
+    config: &Config,
+    applied: &Option<String>,
+    failing: bool,
+    stale: &Option<(String, Instant)>,
+    unreadable: &BTreeMap<ObjectRef, String>,
+    report: &mut dyn FnMut(Event, &NodeAgent),
+) -> Result<serde_json::Value, String> {
+    match request {
+        Request::Add(_) => unreachable!("ADD is answered by the loop"),
+        Request::Del { container_id, ifname } => {
+            let host_if = (config.host_ifname)(container_id, ifname);
+            let gone = node.pod_deleted(&host_if).map_err(|e| e.to_string())?;
+            if gone.is_empty() {
+                report(Event::PodDeleteIgnored(&host_if), node);
+                return Ok(json!({}));
+            }
+            node.apply().map_err(|e| e.to_string())?;
+            for key in gone {
+                report(Event::PodDeleted(&key.to_string(), &host_if), node);
+            }
+            Ok(json!({}))
+        }
+        Request::PodCidrs => {
+            let cidrs: Vec<String> = node.pod_cidrs().iter().map(|c| c.to_string()).collect();
+            if cidrs.is_empty() {
+                Err(format!(
+                        "no pod CIDR known for node {:?} (is the agent's --node-name right, and does its Node have spec.podCIDRs?)",
+                        config.node.node_name.as_deref().unwrap_or("(unnamed)")
+                    ))
+            } else {
+                Ok(json!({ "podCIDRs": cidrs }))
+            }
+        }
+        Request::Status => Ok(json!({
+            "ready": applied.is_some() && !failing && stale.is_none(),
+            "stale": stale.as_ref().map(|s| &s.0),
+            "unreadable": unreadable.keys().map(|o| o.to_string()).collect::<Vec<_>>(),
+            "applied": applied,
+            "localPods": node.local_pods().len(),
+            "endpoints": node.engine().endpoints().count(),
+        })),
+    }
 }
 
 fn alive(pid: i32) -> bool {

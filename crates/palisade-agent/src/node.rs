@@ -36,6 +36,8 @@ pub enum NodeError {
     UnknownPod(EndpointKey),
     #[error("pod {0}'s object cannot be read, so its policy is unknown: {1}")]
     UnreadablePod(EndpointKey, String),
+    #[error("{0}")]
+    OtherPod(Box<OtherPod>),
     #[error("applying the rules: {0}")]
     Apply(#[from] ApplyError),
     #[error("ending denied connections: {0}")]
@@ -44,6 +46,15 @@ pub enum NodeError {
     State { path: PathBuf, source: std::io::Error },
     #[error("the sender check on {host_if}: {source}")]
     SenderCheck { host_if: String, source: palisade_dataplane::netns::NetnsError },
+}
+
+/// A pod known under the name the runtime gave, but with another UID.
+#[derive(Debug, thiserror::Error)]
+#[error("pod {key} in this agent's state is another pod of that name (uid {have}; the runtime's is {want}); its policy is unknown")]
+pub struct OtherPod {
+    pub key: EndpointKey,
+    pub have: String,
+    pub want: String,
 }
 
 /// How the agent treats the node.
@@ -367,12 +378,31 @@ impl NodeAgent {
     }
 
     /// The CNI plugin wired `key` here. Fails if the source does not know
-    /// the pod: its policy cannot be known, so it must not start. A local
+    /// the pod (or, given the runtime's `uid`, knows another pod of that
+    /// name): its policy cannot be known, so it must not start. A local
     /// pod holding the same veth or one of the same addresses is stale
     /// (its DEL never reached us: the IPAM hands an address out once) and
     /// is forgotten.
-    pub fn pod_added(&mut self, key: EndpointKey, pod: LocalPod, check_attached: bool) -> Result<(), NodeError> {
-        if self.cluster.endpoints.binary_search_by(|e| e.key.cmp(&key)).is_err() {
+    pub fn pod_added(
+        &mut self,
+        key: EndpointKey,
+        uid: Option<&str>,
+        pod: LocalPod,
+        check_attached: bool,
+    ) -> Result<(), NodeError> {
+        let found = self.cluster.endpoints.binary_search_by(|e| e.key.cmp(&key));
+        if let (Ok(i), Some(want)) = (found, uid) {
+            // A pod created again under the same name, its old object
+            // still here: the new one's policy is not known yet.
+            if let Some(have) = self.cluster.endpoints[i].uid.as_deref().filter(|have| *have != want) {
+                return Err(NodeError::OtherPod(Box::new(OtherPod {
+                    key,
+                    have: have.to_string(),
+                    want: want.to_string(),
+                })));
+            }
+        }
+        if found.is_err() {
             let object =
                 ObjectRef { kind: "Pod".into(), namespace: Some(key.namespace.clone()), name: key.name.clone() };
             return Err(match self.unreadable.get(&object) {
@@ -417,12 +447,13 @@ impl NodeAgent {
         }
     }
 
-    /// The pod whose node-side veth is `host_if` is gone.
-    pub fn pod_deleted(&mut self, host_if: &str) -> Result<(), NodeError> {
+    /// The pod whose node-side veth is `host_if` is gone; returns which
+    /// (none: never confirmed here, or deleted already).
+    pub fn pod_deleted(&mut self, host_if: &str) -> Result<Vec<EndpointKey>, NodeError> {
         let gone: Vec<EndpointKey> =
             self.local.iter().filter(|(_, p)| p.host_if == host_if).map(|(k, _)| k.clone()).collect();
         if gone.is_empty() {
-            return Ok(());
+            return Ok(gone);
         }
         let forget = &mut self.forget;
         self.local.retain(|_, p| {
@@ -435,7 +466,7 @@ impl NodeAgent {
         for k in &gone {
             self.refresh_endpoint(k);
         }
-        Ok(())
+        Ok(gone)
     }
 
     fn save(&self) -> Result<(), NodeError> {

@@ -132,7 +132,12 @@ impl Metrics {
                 self.stale_seconds.set(stale.map_or(0.0, |s| s.1.as_secs_f64()));
                 *self.stale.lock().expect("lock") = stale.map(|s| s.0.to_string());
             }
-            Event::PodDeleted(_) | Event::Tick | Event::Warning(_) => {}
+            Event::PodDeleted(..)
+            | Event::PodDeleteIgnored(_)
+            | Event::PodWaiting(..)
+            | Event::PodUnheard(_)
+            | Event::Tick
+            | Event::Warning(_) => {}
         }
         self.endpoints.set(node.engine().endpoints().count() as i64);
         self.policies.set(node.engine().policies().count() as i64);

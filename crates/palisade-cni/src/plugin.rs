@@ -98,14 +98,44 @@ pub fn run(env: &HashMap<String, String>, stdin: &str) -> Outcome {
         .ok()
         .and_then(|v| v["cniVersion"].as_str().map(str::to_string))
         .unwrap_or_else(|| CURRENT_VERSION.into());
-    match dispatch(command, env, stdin) {
+    match dispatch(env, stdin) {
         Ok(Some(result)) => Outcome { stdout: result.to_string(), exit: 0 },
         Ok(None) => Outcome { stdout: String::new(), exit: 0 },
         Err(e) => Outcome { stdout: e.to_json(&version).to_string(), exit: 1 },
     }
 }
 
-fn dispatch(command: &str, env: &HashMap<String, String>, stdin: &str) -> Result<Option<Value>, CniError> {
+/// One invocation, checked: everything the runtime said, before anything
+/// is done. Pure (no I/O), so it can be fuzzed.
+#[derive(Debug)]
+pub struct Invocation {
+    pub command: Command,
+    pub conf: NetConf,
+    /// `CNI_ARGS` as key=value pairs (`K8S_POD_NAMESPACE`, `K8S_POD_UID`, ...).
+    pub args: HashMap<String, String>,
+    /// Static addresses asked for (ADD).
+    pub requested: Vec<IpAddr>,
+}
+
+/// A command with the environment it needs.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    Add { container_id: String, netns: String, ifname: String },
+    Del { container_id: String, netns: Option<String>, ifname: String },
+    Check { container_id: String, netns: String, ifname: String },
+    Gc,
+    Status,
+}
+
+/// Reads the runtime's environment and stdin (not VERSION).
+pub fn parse_invocation(env: &HashMap<String, String>, stdin: &str) -> Result<Invocation, CniError> {
+    let command = env.get("CNI_COMMAND").map(String::as_str).unwrap_or("");
+    if command.is_empty() {
+        return Err(CniError::new(Code::InvalidEnvironment, "missing environment variable", "CNI_COMMAND is required"));
+    }
+    if !matches!(command, "ADD" | "DEL" | "CHECK" | "GC" | "STATUS") {
+        return Err(CniError::new(Code::InvalidEnvironment, "unknown CNI_COMMAND", command));
+    }
     let conf: NetConf = serde_json::from_str(stdin)
         .map_err(|e| CniError::new(Code::Decode, "cannot decode the network configuration", e.to_string()))?;
     require_supported(&conf.cni_version)?;
@@ -114,34 +144,65 @@ fn dispatch(command: &str, env: &HashMap<String, String>, stdin: &str) -> Result
             CniError::new(Code::InvalidEnvironment, "missing environment variable", format!("{name} is required"))
         })
     };
-    match command {
-        "ADD" => add(&conf, &var("CNI_CONTAINERID")?, &var("CNI_NETNS")?, &var("CNI_IFNAME")?, env).map(Some),
-        "DEL" => del(&conf, &var("CNI_CONTAINERID")?, env.get("CNI_NETNS").map(String::as_str), &var("CNI_IFNAME")?)
-            .map(|_| None),
+    let needs = |min: &str, what: &str| -> Result<(), CniError> {
+        if at_least(&conf.cni_version, min) {
+            Ok(())
+        } else {
+            Err(CniError::new(Code::IncompatibleVersion, format!("{what} needs CNI {min} or later"), &conf.cni_version))
+        }
+    };
+    let command = match command {
+        "ADD" => {
+            Command::Add { container_id: var("CNI_CONTAINERID")?, netns: var("CNI_NETNS")?, ifname: var("CNI_IFNAME")? }
+        }
+        "DEL" => Command::Del {
+            container_id: var("CNI_CONTAINERID")?,
+            netns: env.get("CNI_NETNS").filter(|v| !v.is_empty()).cloned(),
+            ifname: var("CNI_IFNAME")?,
+        },
         "CHECK" => {
-            if !at_least(&conf.cni_version, "0.4.0") {
-                return Err(CniError::new(
-                    Code::IncompatibleVersion,
-                    "CHECK needs CNI 0.4.0 or later",
-                    &conf.cni_version,
-                ));
+            needs("0.4.0", "CHECK")?;
+            Command::Check {
+                container_id: var("CNI_CONTAINERID")?,
+                netns: var("CNI_NETNS")?,
+                ifname: var("CNI_IFNAME")?,
             }
-            check(&conf, &var("CNI_CONTAINERID")?, &var("CNI_NETNS")?, &var("CNI_IFNAME")?).map(|_| None)
         }
         "GC" => {
-            if !at_least(&conf.cni_version, "1.1.0") {
-                return Err(CniError::new(Code::IncompatibleVersion, "GC needs CNI 1.1.0", &conf.cni_version));
-            }
-            gc(&conf).map(|_| None)
+            needs("1.1.0", "GC")?;
+            Command::Gc
         }
-        "STATUS" => {
-            if !at_least(&conf.cni_version, "1.1.0") {
-                return Err(CniError::new(Code::IncompatibleVersion, "STATUS needs CNI 1.1.0", &conf.cni_version));
-            }
-            status(&conf).map(|_| None)
+        _ => {
+            needs("1.1.0", "STATUS")?;
+            Command::Status
         }
-        "" => Err(CniError::new(Code::InvalidEnvironment, "missing environment variable", "CNI_COMMAND is required")),
-        other => Err(CniError::new(Code::InvalidEnvironment, "unknown CNI_COMMAND", other)),
+    };
+    let cni_args = env.get("CNI_ARGS").map(String::as_str).unwrap_or("");
+    let mut args = HashMap::new();
+    for pair in cni_args.split(';').filter(|p| !p.is_empty()) {
+        let Some((k, v)) = pair.split_once('=') else {
+            return Err(CniError::new(
+                Code::InvalidEnvironment,
+                "invalid CNI_ARGS",
+                format!("{pair:?} is not KEY=VALUE (CNI_ARGS is KEY=VALUE pairs separated by ';')"),
+            ));
+        };
+        args.insert(k.to_string(), v.to_string());
+    }
+    let requested = if matches!(command, Command::Add { .. }) { requested_ips(&conf, env)? } else { Vec::new() };
+    Ok(Invocation { command, conf, args, requested })
+}
+
+fn dispatch(env: &HashMap<String, String>, stdin: &str) -> Result<Option<Value>, CniError> {
+    let inv = parse_invocation(env, stdin)?;
+    match &inv.command {
+        Command::Add { container_id, netns, ifname } => add(&inv, container_id, netns, ifname).map(Some),
+        Command::Del { container_id, netns, ifname } => {
+            del(&inv.conf, container_id, netns.as_deref(), ifname).map(|_| None)
+        }
+        Command::Check { container_id, netns, ifname } => check(&inv.conf, container_id, netns, ifname).map(|_| None),
+        Command::Gc => gc(&inv.conf).map(|_| None),
+        Command::Status => status(&inv.conf).map(|_| None),
     }
 }
 
@@ -210,7 +271,7 @@ fn store(conf: &NetConf, need_ranges: bool) -> Result<(Store, Vec<IpNet>), CniEr
     };
     // An agent that does not answer is the fail-closed case (101), not a
     // configuration error.
-    let answer = ask_agent(&socket, &json!({"op": "podCIDRs"}), Duration::from_millis(2000)).map_err(|e| {
+    let answer = ask_agent(&socket, &json!({"op": "podCIDRs"}), agent_timeout(conf)).map_err(|e| {
         let why = format!("palisade agent at {}: {e}", socket.display());
         if e.starts_with("cannot connect") || e.starts_with("no answer") {
             CniError::new(Code::PolicyNotReady, "the node agent is not answering; refusing to start the pod", why)
@@ -228,6 +289,11 @@ fn store(conf: &NetConf, need_ranges: bool) -> Result<(Store, Vec<IpNet>), CniEr
         return Err(no_ranges(format!("the agent at {} answered {answer}", socket.display())));
     }
     Ok((store, ranges))
+}
+
+/// How long ADD waits for the agent (`agentTimeoutMs`, default 5 s).
+fn agent_timeout(conf: &NetConf) -> Duration {
+    Duration::from_millis(conf.agent_timeout_ms.unwrap_or(5000))
 }
 
 /// One request to the agent; its answer, or why there is none.
@@ -260,19 +326,13 @@ fn internal(what: &str, e: impl std::fmt::Display) -> CniError {
     CniError::new(Code::Internal, what.to_string(), e.to_string())
 }
 
-fn add(
-    conf: &NetConf,
-    container_id: &str,
-    netns: &str,
-    ifname: &str,
-    env: &HashMap<String, String>,
-) -> Result<Value, CniError> {
+fn add(inv: &Invocation, container_id: &str, netns: &str, ifname: &str) -> Result<Value, CniError> {
+    let conf = &inv.conf;
     if !Path::new(netns).exists() {
         return Err(CniError::new(Code::InvalidEnvironment, "invalid CNI_NETNS", format!("{netns} does not exist")));
     }
     let (store, ranges) = store(conf, true)?;
-    let requested = requested_ips(conf, env)?;
-    let ips = store.allocate_requested(container_id, ifname, &ranges, &requested).map_err(ipam_error)?;
+    let ips = store.allocate_requested(container_id, ifname, &ranges, &inv.requested).map_err(ipam_error)?;
     let host_if = host_ifname(container_id, ifname);
     let link = PodLink {
         pod: Netns::named(netns),
@@ -298,7 +358,7 @@ fn add(
         }
         link.attach().map_err(|e| internal("wiring the pod", e))
     };
-    let result = wired().and_then(|_| confirm_policy(conf, container_id, netns, ifname, &ips, env));
+    let result = wired().and_then(|_| confirm_policy(conf, container_id, netns, ifname, &ips, &inv.args));
     if let Err(e) = result {
         // Fail closed and leave nothing behind: no address, no link.
         let _ = link.detach();
@@ -347,12 +407,10 @@ fn confirm_policy(
     netns: &str,
     ifname: &str,
     ips: &[IpAddr],
-    env: &HashMap<String, String>,
+    args: &HashMap<String, String>,
 ) -> Result<(), CniError> {
     let socket = conf.agent_socket.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_AGENT_SOCKET));
-    let timeout = Duration::from_millis(conf.agent_timeout_ms.unwrap_or(5000));
-    let args: HashMap<&str, &str> =
-        env.get("CNI_ARGS").map(String::as_str).unwrap_or("").split(';').filter_map(|kv| kv.split_once('=')).collect();
+    let timeout = agent_timeout(conf);
     let request = json!({
         "op": "add",
         "containerID": container_id,
@@ -361,6 +419,11 @@ fn confirm_policy(
         "ips": ips,
         "podNamespace": args.get("K8S_POD_NAMESPACE"),
         "podName": args.get("K8S_POD_NAME"),
+        "podUID": args.get("K8S_POD_UID"),
+        // The runtime's ADD usually follows the pod's creation by
+        // milliseconds: the agent may wait for its source to catch up,
+        // leaving a fifth of the timeout for the answer.
+        "waitMs": (timeout * 4 / 5).as_millis() as u64,
         // `PodLink::attach` (or the repeated-ADD path) put it in place.
         "senderCheck": "attached",
     });

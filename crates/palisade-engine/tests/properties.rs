@@ -254,6 +254,7 @@ fn regression_named_port_declared_twice_by_merged_replicas() {
         host_network: false,
         node: None,
         pods: vec![name.to_string()],
+        uid: None,
     };
     let c = Cluster {
         namespaces,

@@ -118,8 +118,8 @@ impl RunDir {
     }
 
     /// Writes `cluster` (as the API server would serve it) atomically;
-    /// returns its digest.
-    fn write(&self, cluster: &Cluster) -> Result<String, AgentsError> {
+    /// returns its digest. Does not wait for the agents (`publish` does).
+    pub fn write(&self, cluster: &Cluster) -> Result<String, AgentsError> {
         let mut seen: std::collections::HashMap<(String, String), EndpointKey> = Default::default();
         for ep in &cluster.endpoints {
             if let Some(other) = seen.insert((ep.key.namespace.clone(), pod_name(&ep.key)), ep.key.clone()) {

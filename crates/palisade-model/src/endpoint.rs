@@ -92,6 +92,10 @@ pub struct Endpoint {
     /// workload read from its template.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub pods: Vec<String>,
+    /// The Pod's `metadata.uid` when the endpoint is one Pod: a pod created
+    /// again under the same name (StatefulSets do) is another pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
 }
 
 impl Endpoint {
@@ -166,6 +170,7 @@ pub fn parse_pod(pod: &core::Pod, namespace: &str, errors: &mut FieldErrors) -> 
         host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
         node: spec.and_then(|s| s.node_name.clone()),
         pods: vec![pod.metadata.name.clone().unwrap_or_default()],
+        uid: pod.metadata.uid.clone(),
     }
 }
 
@@ -198,7 +203,7 @@ pub fn parse_workload(
             (labels, ports, spec.and_then(|s| s.host_network).unwrap_or(false))
         }
     };
-    Endpoint { key, labels, ips: Vec::new(), ports, host_network, node: None, pods: Vec::new() }
+    Endpoint { key, labels, ips: Vec::new(), ports, host_network, node: None, pods: Vec::new(), uid: None }
 }
 
 fn labels_of(meta: &meta::ObjectMeta, path: &FieldPath, errors: &mut FieldErrors) -> Labels {

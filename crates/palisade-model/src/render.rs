@@ -69,6 +69,9 @@ fn pod(ep: &Endpoint, name: &str) -> Value {
         "metadata": {"name": name, "namespace": ep.key.namespace, "labels": ep.labels},
         "spec": spec,
     });
+    if let Some(uid) = &ep.uid {
+        pod["metadata"]["uid"] = json!(uid);
+    }
     if let Some(first) = ep.ips.first() {
         let ips: Vec<Value> = ep.ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect();
         pod["status"] = json!({"podIP": first.to_string(), "podIPs": ips});

@@ -189,6 +189,7 @@ fn merge(group: Vec<Endpoint>) -> Endpoint {
         first.ips.extend(ep.ips);
         first.ports.extend(ep.ports);
         first.pods.extend(ep.pods);
+        first.uid = None;
         if first.node.is_none() {
             first.node = ep.node;
         }

@@ -129,6 +129,7 @@ pub fn endpoint(i: usize) -> impl Strategy<Value = Endpoint> {
             host_network,
             node: node.map(|n| format!("node-{n}")),
             pods: vec![format!("e{i}")],
+            uid: None,
         })
 }
 

@@ -3,6 +3,7 @@
 
 pub mod arb;
 pub mod churn;
+pub mod mutate;
 
 use std::process::Command;
 

@@ -6,6 +6,7 @@
 
 use palisade_engine::{Engine, Matrix};
 use palisade_model::{parse_sources, parse_values, Cluster, Source};
+use palisade_testkit::mutate::{apply, mutation};
 use proptest::prelude::*;
 
 const INPUTS: &[(&str, &str)] = &[
@@ -17,54 +18,6 @@ const INPUTS: &[(&str, &str)] = &[
     ("lint-demo.yaml", include_str!("../../../docs/examples/lint-demo.yaml")),
     ("web-public.yaml", include_str!("../../../docs/examples/web-public.yaml")),
 ];
-
-/// Characters that change YAML's and JSON's structure.
-const SPECIAL: &[u8] = b":- \n\t{}[],\"'&*!|>#%@`0a~.";
-
-#[derive(Debug, Clone)]
-enum Mutation {
-    Replace { at: usize, byte: u8 },
-    Insert { at: usize, byte: u8 },
-    Cut { at: usize, len: usize },
-    DuplicateLine { at: usize },
-}
-
-fn mutation() -> impl Strategy<Value = Mutation> {
-    let byte = prop::sample::select(SPECIAL);
-    prop_oneof![
-        (any::<usize>(), byte.clone()).prop_map(|(at, byte)| Mutation::Replace { at, byte }),
-        (any::<usize>(), byte).prop_map(|(at, byte)| Mutation::Insert { at, byte }),
-        (any::<usize>(), 1..40usize).prop_map(|(at, len)| Mutation::Cut { at, len }),
-        any::<usize>().prop_map(|at| Mutation::DuplicateLine { at }),
-    ]
-}
-
-fn apply(text: &str, mutations: &[Mutation]) -> String {
-    let mut bytes = text.as_bytes().to_vec();
-    for m in mutations {
-        let n = bytes.len().max(1);
-        match *m {
-            Mutation::Replace { at, byte } if !bytes.is_empty() => bytes[at % n] = byte,
-            Mutation::Insert { at, byte } => bytes.insert(at % (bytes.len() + 1), byte),
-            Mutation::Cut { at, len } if !bytes.is_empty() => {
-                let start = at % n;
-                bytes.drain(start..(start + len).min(bytes.len()));
-            }
-            Mutation::DuplicateLine { at } => {
-                let text = String::from_utf8_lossy(&bytes).to_string();
-                let lines: Vec<&str> = text.split_inclusive('\n').collect();
-                if !lines.is_empty() {
-                    let k = at % lines.len();
-                    let mut out: Vec<&str> = lines[..=k].to_vec();
-                    out.extend(&lines[k..]);
-                    bytes = out.concat().into_bytes();
-                }
-            }
-            _ => {}
-        }
-    }
-    String::from_utf8_lossy(&bytes).to_string()
-}
 
 /// Everything after the parse, on whatever came out of it.
 fn analyze(cluster: &Cluster) {

@@ -327,3 +327,38 @@ fn a_bad_object_closes_only_what_it_could_affect() {
     let results = judged_by(&mut lab, &open);
     assert!(allowed(&results, "y") > 0, "y's pods talk again");
 }
+
+/// The runtime's ADD usually follows the pod's creation by milliseconds,
+/// before the agent's source shows it: ADD waits (bounded by the plugin's
+/// timeout) instead of failing the sandbox.
+#[test]
+fn an_add_waits_for_the_source_to_show_the_pod() {
+    if !privileged("lab with agents: ADD before the source shows the pod") {
+        return;
+    }
+    let run_id = format!("{}wt", std::process::id());
+    let mut lab = Lab::start(&cluster(BASE), &run_id, &[], options(), |_, _| {}).unwrap();
+    lab.apply().unwrap();
+    lab.update(&cluster(&format!("{BASE}{DB}"))).unwrap();
+    let new = lab.start_new_pods().unwrap();
+    let run = palisade_lab::agents::RunDir::of(&lab.topology.plan);
+    let started = Instant::now();
+    let added = std::thread::scope(|s| {
+        let wiring = s.spawn(|| lab.wire_pods(&new));
+        // The pod reaches the source 300 ms after its ADD started.
+        std::thread::sleep(Duration::from_millis(300));
+        run.write(&lab.cluster).unwrap();
+        wiring.join().unwrap()
+    });
+    let took = started.elapsed();
+    added.unwrap_or_else(|e| panic!("ADD before the source showed the pod failed: {e}"));
+    assert!(took >= Duration::from_millis(300), "ADD returned before the pod was known: {took:?}");
+    let db = lab.topology.plan.pods[new[0]].clone();
+    let from = |name: &str| {
+        let p = lab.topology.plan.pods.iter().find(|p| p.key.name == name).unwrap();
+        Netns::named(&p.netns)
+    };
+    let addr = SocketAddr::new(db.ips[0], 80);
+    assert!(connect_tcp(&from("web"), addr, Duration::from_millis(1000)).is_ok(), "web -> db is allowed");
+    assert!(connect_tcp(&from("other"), addr, Duration::from_millis(1000)).is_err(), "other -> db is denied");
+}

@@ -22,6 +22,8 @@ use crate::cli::{AgentArgs, LogFormat};
 /// next time it is written it says how many were held back.
 struct Logger {
     json: bool,
+    /// `PALISADE_LOG=debug`: also the lines nobody needs to act on.
+    debug: bool,
     recent: std::cell::RefCell<std::collections::HashMap<String, (Instant, u64)>>,
 }
 
@@ -29,10 +31,14 @@ const REPEAT_WINDOW: Duration = Duration::from_secs(30);
 
 impl Logger {
     fn new(json: bool) -> Self {
-        Logger { json, recent: Default::default() }
+        let debug = std::env::var("PALISADE_LOG").is_ok_and(|v| v == "debug");
+        Logger { json, debug, recent: Default::default() }
     }
 
     fn log(&self, level: &str, msg: &str, mut fields: serde_json::Value) {
+        if level == "debug" && !self.debug {
+            return;
+        }
         let key = format!("{level}\0{msg}\0{fields}");
         {
             let mut recent = self.recent.borrow_mut();
@@ -138,7 +144,22 @@ pub fn run(args: &AgentArgs) -> Result<()> {
             }
             Event::PodConfirmed(pod) => logger.log("info", "pod confirmed: its policy is in the kernel", json!({"pod": pod})),
             Event::PodRefused(pod, e) => logger.log("warn", "pod refused", json!({"pod": pod, "error": e})),
-            Event::PodDeleted(host_if) => logger.log("info", "pod deleted", json!({"veth": host_if})),
+            Event::PodDeleted(pod, host_if) => logger.log("info", "pod deleted", json!({"pod": pod, "veth": host_if})),
+            Event::PodDeleteIgnored(host_if) => logger.log(
+                "debug",
+                "DEL for a pod this node does not hold (never confirmed, or deleted already): nothing to do",
+                json!({"veth": host_if}),
+            ),
+            Event::PodWaiting(pod, why) => logger.log(
+                "info",
+                "ADD waits for the source to show the pod",
+                json!({"pod": pod, "why": why}),
+            ),
+            Event::PodUnheard(pod) => logger.log(
+                "info",
+                "the plugin gave up before the pod's policy was confirmed; the pod did not start and its DEL follows",
+                json!({"pod": pod}),
+            ),
             Event::Warning(w) => logger.log("warn", w, json!({})),
             Event::Unreadable { object, why } => logger.log(
                 "error",

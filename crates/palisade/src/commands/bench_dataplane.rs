@@ -180,6 +180,7 @@ fn phantoms(n: usize) -> Vec<Endpoint> {
             host_network: false,
             node: Some("elsewhere".into()),
             pods: vec![format!("phantom-{i}")],
+            uid: None,
         })
         .collect()
 }
