@@ -14,6 +14,7 @@ use serde_json::json;
 use crate::cni_socket::{Call, CniSocket, Request};
 use crate::node::{LocalPod, NodeAgent, NodeError, NodeOptions};
 use crate::source::{DirSource, Source};
+use palisade_dataplane::node_ready::{NodeSetup, Readiness};
 use palisade_model::ObjectRef;
 use std::collections::BTreeMap;
 
@@ -34,6 +35,9 @@ pub struct Config {
     pub host_ifname: fn(&str, &str) -> String,
     /// Exit when this process is gone (the lab's agents die with the lab).
     pub owner_pid: Option<i32>,
+    /// Makes the node ready for pods (forwarding, the pods' gateway),
+    /// checked again every 10 s.
+    pub node_setup: NodeSetup,
 }
 
 impl Config {
@@ -47,6 +51,7 @@ impl Config {
             max_delay: Duration::from_millis(500),
             host_ifname,
             owner_pid: None,
+            node_setup: NodeSetup::default(),
         }
     }
 }
@@ -100,6 +105,9 @@ pub enum Event<'a> {
     /// The source's view may be behind the truth (why, for how long), or
     /// (`None`) is current again.
     Stale(Option<(&'a str, Duration)>),
+    /// What the node lacks for its pods (empty: ready), and what the agent
+    /// changed to make it so.
+    NodeReadiness(&'a Readiness),
 }
 
 /// Runs until `stop` is set (or the owner process is gone). Leaves the
@@ -135,6 +143,8 @@ pub fn run_with(
     let mut unreadable: BTreeMap<ObjectRef, String> = BTreeMap::new();
     let mut stale: Option<(String, Instant)> = None;
     let mut parked: Vec<(Call, Option<Instant>)> = Vec::new();
+    let mut next_node_check = Instant::now();
+    let mut node_problems: Vec<String> = Vec::new();
     // The source gave an update since parked ADDs were last tried.
     let mut source_moved = false;
     while !stop.load(Ordering::Relaxed) && config.owner_pid.is_none_or(alive) {
@@ -142,6 +152,15 @@ pub fn run_with(
         if now >= next_tick {
             next_tick = now + Duration::from_secs(1);
             report(Event::Tick, &node);
+        }
+        if now >= next_node_check {
+            next_node_check = now + Duration::from_secs(10);
+            let netns = config.node.netns.as_deref().map(palisade_dataplane::netns::Netns::named);
+            let readiness = config.node_setup.ensure(netns.as_ref());
+            if !readiness.changed.is_empty() || readiness.problems != node_problems {
+                report(Event::NodeReadiness(&readiness), &node);
+            }
+            node_problems = readiness.problems;
         }
         if now >= next_poll {
             next_poll = now + config.poll;
@@ -207,8 +226,14 @@ pub fn run_with(
         calls.extend(socket.accept_pending().into_iter().map(|c| (c, None)));
         for (call, deadline) in calls {
             let Request::Add(req) = &call.request else {
-                let answer =
-                    answer_other(&call.request, &mut node, config, &applied, failing, &stale, &unreadable, report);
+                let health = Health {
+                    applied: &applied,
+                    failing,
+                    stale: &stale,
+                    unreadable: &unreadable,
+                    node_problems: &node_problems,
+                };
+                let answer = answer_other(&call.request, &mut node, config, &health, report);
                 if answer.is_err() && matches!(call.request, Request::Del { .. }) {
                     failing = true;
                 }
@@ -219,8 +244,15 @@ pub fn run_with(
                 parked.push((call, deadline));
                 continue;
             }
-            let host_if = (config.host_ifname)(&req.container_id, &req.ifname);
             let pod = req.pod.to_string();
+            if !node_problems.is_empty() {
+                // Started now, the pod would run without a network.
+                let why = format!("the node is not ready for pods: {}", node_problems.join("; "));
+                report(Event::PodRefused(&pod, &why), &node);
+                let _ = call.answer(Err(why));
+                continue;
+            }
+            let host_if = (config.host_ifname)(&req.container_id, &req.ifname);
             let pod_link = LocalPod { host_if, ips: req.ips.clone() };
             let added = node
                 .pod_added(req.pod.clone(), req.uid.as_deref(), pod_link, req.sender_check_attached)
@@ -263,16 +295,21 @@ pub fn run_with(
     Ok(())
 }
 
+/// What the status request reports.
+struct Health<'a> {
+    applied: &'a Option<String>,
+    failing: bool,
+    stale: &'a Option<(String, Instant)>,
+    unreadable: &'a BTreeMap<ObjectRef, String>,
+    node_problems: &'a [String],
+}
+
 /// Answers every request but ADD.
-#[allow(clippy::too_many_arguments)]
 fn answer_other(
     request: &Request,
     node: &mut NodeAgent,
     config: &Config,
-    applied: &Option<String>,
-    failing: bool,
-    stale: &Option<(String, Instant)>,
-    unreadable: &BTreeMap<ObjectRef, String>,
+    health: &Health,
     report: &mut dyn FnMut(Event, &NodeAgent),
 ) -> Result<serde_json::Value, String> {
     match request {
@@ -302,10 +339,11 @@ fn answer_other(
             }
         }
         Request::Status => Ok(json!({
-            "ready": applied.is_some() && !failing && stale.is_none(),
-            "stale": stale.as_ref().map(|s| &s.0),
-            "unreadable": unreadable.keys().map(|o| o.to_string()).collect::<Vec<_>>(),
-            "applied": applied,
+            "ready": health.applied.is_some() && !health.failing && health.stale.is_none() && health.node_problems.is_empty(),
+            "stale": health.stale.as_ref().map(|s| &s.0),
+            "unreadable": health.unreadable.keys().map(|o| o.to_string()).collect::<Vec<_>>(),
+            "nodeProblems": health.node_problems,
+            "applied": health.applied,
             "localPods": node.local_pods().len(),
             "endpoints": node.engine().endpoints().count(),
         })),

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 /// How palisade-cni names the node side of every pod's veth
 /// (`palisade_cni::plugin::host_ifname`).
-pub const POD_IF_PREFIX: &str = "pal";
+pub const POD_IF_PREFIX: &str = palisade_dataplane::podnet::POD_IF_PREFIX;
 
 /// A pod the CNI plugin wired on this node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -37,6 +37,9 @@ pub struct Metrics {
     ready: AtomicBool,
     /// Why the source's view may be behind (none: current).
     stale: Mutex<Option<String>>,
+    /// What the node lacks for its pods (empty: ready).
+    node_problems: Mutex<Vec<String>>,
+    node_ready: Gauge,
     /// Milliseconds since `started` of the loop's last report: liveness.
     heartbeat_ms: AtomicU64,
     started: Instant,
@@ -67,6 +70,8 @@ impl Metrics {
             stale_seconds: Gauge::default(),
             ready: AtomicBool::new(false),
             stale: Mutex::new(None),
+            node_problems: Mutex::new(Vec::new()),
+            node_ready: Gauge::default(),
             heartbeat_ms: AtomicU64::new(0),
             started: Instant::now(),
             registry: Registry::default(),
@@ -89,6 +94,11 @@ impl Metrics {
             "unreadable_objects",
             "Objects the source cannot read (1 each, by kind, namespace and name): each fails closed where it could have had an effect",
             m.unreadable.clone(),
+        );
+        registry.register(
+            "node_ready",
+            "1 when the node has what its pods need (IP forwarding, a route for the pods' gateway)",
+            m.node_ready.clone(),
         );
         registry.register(
             "source_stale_seconds",
@@ -127,6 +137,10 @@ impl Metrics {
             }
             Event::Readable(object) => {
                 self.unreadable.remove(&object_labels(object));
+            }
+            Event::NodeReadiness(readiness) => {
+                self.node_ready.set(readiness.problems.is_empty() as i64);
+                *self.node_problems.lock().expect("lock") = readiness.problems.clone();
             }
             Event::Stale(stale) => {
                 self.stale_seconds.set(stale.map_or(0.0, |s| s.1.as_secs_f64()));
@@ -188,15 +202,21 @@ fn answer(stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
     let (status, body) = match path {
         "/healthz" if metrics.live() => ("200 OK", "ok\n".to_string()),
         "/healthz" => ("503 Service Unavailable", "the agent loop is stuck\n".to_string()),
-        "/readyz" => match (metrics.ready.load(Ordering::Relaxed), metrics.stale.lock().expect("lock").clone()) {
-            (_, Some(why)) => {
-                ("503 Service Unavailable", format!("the agent's view of the cluster may be stale: {why}\n"))
+        "/readyz" => {
+            let node = metrics.node_problems.lock().expect("lock").join("; ");
+            match (metrics.ready.load(Ordering::Relaxed), metrics.stale.lock().expect("lock").clone()) {
+                _ if !node.is_empty() => {
+                    ("503 Service Unavailable", format!("the node is not ready for pods: {node}\n"))
+                }
+                (_, Some(why)) => {
+                    ("503 Service Unavailable", format!("the agent's view of the cluster may be stale: {why}\n"))
+                }
+                (true, None) => ("200 OK", "ok\n".to_string()),
+                (false, None) => {
+                    ("503 Service Unavailable", "the kernel does not hold the current state yet\n".to_string())
+                }
             }
-            (true, None) => ("200 OK", "ok\n".to_string()),
-            (false, None) => {
-                ("503 Service Unavailable", "the kernel does not hold the current state yet\n".to_string())
-            }
-        },
+        }
         "/metrics" => ("200 OK", metrics.encode()),
         _ => ("404 Not Found", "not found\n".to_string()),
     };

@@ -15,6 +15,7 @@ pub mod netns;
 pub mod nfnetlink;
 mod nfobjects;
 pub mod nft;
+pub mod node_ready;
 pub mod podnet;
 pub mod ruleset;
 pub mod sender;

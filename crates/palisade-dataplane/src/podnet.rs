@@ -12,6 +12,9 @@ use crate::netns::{Netns, NetnsError};
 
 /// The IPv4 gateway every pod routes to; answered by the node (proxy ARP).
 pub const GATEWAY_V4: &str = "169.254.1.1";
+
+/// How palisade-cni names the node side of every pod's veth.
+pub const POD_IF_PREFIX: &str = "pal";
 /// The IPv6 gateway: the link-local address of the host end.
 pub const GATEWAY_V6: &str = "fe80::1";
 /// How long wiring waits for the node's end of a veth to be activated.

@@ -93,6 +93,10 @@ pub struct AgentArgs {
     /// Exit when this process is gone (the lab's agents end with the lab).
     #[arg(long, hide = true)]
     pub owner_pid: Option<i32>,
+    /// Where the node's sysctls are read and written (IP forwarding): a container's own /proc/sys is read-only,
+    /// so the DaemonSet mounts the node's here.
+    #[arg(long, default_value = "/proc/sys")]
+    pub sysctl_dir: PathBuf,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]

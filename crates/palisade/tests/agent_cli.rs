@@ -99,3 +99,70 @@ fn agent_programs_the_node_and_stops_cleanly_on_sigterm() {
     let _ = std::fs::remove_file(&state);
     let _ = std::fs::remove_file(&log);
 }
+
+/// A node the agent cannot make ready for pods (here: IP forwarding off
+/// and its sysctl immutable) is not reported ready: `/readyz` names what
+/// is missing, and the metric says 0.
+#[test]
+fn an_agent_on_a_node_it_cannot_make_ready_is_not_ready() {
+    if !privileged("palisade agent: node readiness") {
+        return;
+    }
+    let pid = std::process::id();
+    let ns = format!("pal-{pid}r-node");
+    assert!(Command::new("ip").args(["netns", "add", &ns]).status().unwrap().success());
+    let root = std::env::temp_dir().join(format!("palisade-agent-{pid}-sysctl"));
+    let file = root.join("net/ipv4/ip_forward");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, "0\n").unwrap();
+    assert!(Command::new("chattr").arg("+i").arg(&file).status().unwrap().success());
+    struct Cleanup(String, std::path::PathBuf, Option<std::process::Child>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            if let Some(c) = &mut self.2 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            let _ = Command::new("chattr").arg("-i").arg(self.1.join("net/ipv4/ip_forward")).status();
+            let _ = std::fs::remove_dir_all(&self.1);
+            let _ = Command::new("ip").args(["netns", "delete", &self.0]).status();
+        }
+    }
+    let mut cleanup = Cleanup(ns.clone(), root.clone(), None);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/shop");
+    cleanup.2 = Some(
+        Command::new(env!("CARGO_BIN_EXE_palisade"))
+            .args(["agent", "--dir"])
+            .arg(&shop)
+            .arg("--socket")
+            .arg(std::env::temp_dir().join(format!("palisade-agent-{pid}r.sock")))
+            .arg("--state-file")
+            .arg(std::env::temp_dir().join(format!("palisade-agent-{pid}r.json")))
+            .arg("--sysctl-dir")
+            .arg(&root)
+            .args(["--netns", &ns, "--poll-ms", "50", "--metrics-addr", &format!("127.0.0.1:{port}")])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let get = |path: &str| {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !get("/metrics").contains("palisade_agent_last_sync_timestamp_seconds ")
+        || get("/metrics").contains("last_sync_timestamp_seconds 0")
+    {
+        assert!(Instant::now() < deadline, "the agent did not apply within 10 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ready = get("/readyz");
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+    assert!(ready.contains("not ready for pods") && ready.contains("net.ipv4.ip_forward"), "{ready}");
+    assert!(get("/metrics").contains("palisade_agent_node_ready 0"));
+}

@@ -105,6 +105,12 @@ fn manifests_agree_with_the_code() {
     for var in ["NODE_NAME", "PALISADE_DENY", "PALISADE_KEEP_ESTABLISHED"] {
         assert!(env.contains(&var), "{var} is set");
     }
+    // The node's sysctls are reached through a mount of the node's own.
+    let mounts = agent["volumeMounts"].as_array().unwrap();
+    let sysctl = mounts.iter().find(|m| args.sysctl_dir.join("net").to_str() == m["mountPath"].as_str());
+    let sysctl = sysctl.unwrap_or_else(|| panic!("--sysctl-dir {:?} is not a mount of the node's", args.sysctl_dir));
+    let volume = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == sysctl["name"]).unwrap();
+    assert_eq!(volume["hostPath"]["path"], "/proc/sys/net");
     let probe_port = agent["livenessProbe"]["httpGet"]["port"].as_u64().unwrap();
     assert_eq!(args.metrics_addr.port() as u64, probe_port, "the probes hit the metrics server");
 

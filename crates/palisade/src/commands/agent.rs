@@ -117,6 +117,7 @@ pub fn run(args: &AgentArgs) -> Result<()> {
     config.debounce = Duration::from_millis(args.debounce_ms);
     config.max_delay = Duration::from_millis(args.debounce_ms * 10).max(config.poll);
     config.owner_pid = args.owner_pid;
+    config.node_setup = palisade_dataplane::node_ready::NodeSetup { sysctl_root: args.sysctl_dir.clone() };
     let metrics = Arc::new(Metrics::new());
     let addr = serve(args.metrics_addr, metrics.clone())
         .with_context(|| format!("serving metrics on {}", args.metrics_addr))?;
@@ -176,6 +177,17 @@ pub fn run(args: &AgentArgs) -> Result<()> {
                 "the cluster view may be stale; the last state stays in force",
                 json!({"error": why}),
             ),
+            Event::NodeReadiness(r) => {
+                for change in &r.changed {
+                    logger.log("info", "node made ready for pods", json!({"change": change}));
+                }
+                for problem in &r.problems {
+                    logger.log("error", "the node is not ready for pods; new pods are refused", json!({"error": problem}));
+                }
+                if r.problems.is_empty() && r.changed.is_empty() {
+                    logger.log("info", "the node is ready for pods again", json!({}));
+                }
+            }
             Event::Stale(None) => logger.log("info", "the cluster view is current again", json!({})),
         }
     };
