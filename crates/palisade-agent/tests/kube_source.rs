@@ -313,3 +313,88 @@ fn the_kube_and_dir_sources_give_the_same_cluster_for_the_same_objects() {
     assert_eq!(live.namespaces, files.namespaces);
     assert_eq!(live.nodes, files.nodes);
 }
+
+/// The node state itself (the kernel's table), not just the cluster: the
+/// same objects through the API server and through files give a node's
+/// agent byte-identical rules, and neither holds other nodes' pods as its
+/// own. Each agent programs a network namespace of its own. Needs root.
+#[test]
+fn the_kube_and_dir_sources_give_the_same_node_state() {
+    if !palisade_testkit::privileged("kube and dir sources: the same node state") {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let (client, api, _) = fake_api_server(&runtime);
+    let mut kube = KubeSource::start_on(client, runtime.handle());
+    let on = |node: &str, mut p: Value| {
+        p["spec"]["nodeName"] = json!(node);
+        p
+    };
+    let pods = vec![
+        on("n1", pod("a", json!({"app": "a"}), "10.1.0.1", json!({}))),
+        on("n1", pod("b", json!({"app": "b"}), "10.1.0.2", json!({}))),
+        on("n2", pod("c", json!({"app": "a"}), "10.2.0.1", json!({}))),
+        on("n2", pod("d", json!({"app": "b"}), "10.2.0.2", json!({}))),
+    ];
+    let namespaces = vec![json!({"metadata": {"name": "x", "labels": {"team": "t"}}})];
+    let nodes = vec![
+        json!({"metadata": {"name": "n1"}, "spec": {"podCIDR": "10.1.0.0/24"}}),
+        json!({"metadata": {"name": "n2"}, "spec": {"podCIDR": "10.2.0.0/24"}}),
+    ];
+    api.send(list(Kind::Pods, "PodList", "10", pods.clone())).unwrap();
+    api.send(list(Kind::Namespaces, "NamespaceList", "10", namespaces.clone())).unwrap();
+    api.send(list(Kind::Policies, "NetworkPolicyList", "10", vec![policy("np")])).unwrap();
+    api.send(list(Kind::Nodes, "NodeList", "10", nodes.clone())).unwrap();
+
+    let dir = std::env::temp_dir().join(format!("palisade-same-node-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let objects: Vec<Value> = pods
+        .into_iter()
+        .map(|p| with_kind(p, "Pod"))
+        .chain(namespaces.into_iter().map(|n| with_kind(n, "Namespace")))
+        .chain(nodes.into_iter().map(|n| with_kind(n, "Node")))
+        .chain([with_kind(policy("np"), "NetworkPolicy")])
+        .collect();
+    std::fs::write(dir.join("cluster.yaml"), objects.iter().map(|o| format!("---\n{o}\n")).collect::<String>())
+        .unwrap();
+    let mut files = palisade_agent::source::DirSource::new(&dir);
+
+    struct Ns(String);
+    impl Drop for Ns {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip").args(["netns", "delete", &self.0]).status();
+        }
+    }
+    let mut tables = Vec::new();
+    let mut locals = Vec::new();
+    for (tag, source) in [("k", &mut kube as &mut dyn Source), ("d", &mut files as &mut dyn Source)] {
+        let ns = Ns(format!("palisade-test-{}-same{tag}", std::process::id()));
+        assert!(std::process::Command::new("ip").args(["netns", "add", &ns.0]).status().unwrap().success());
+        let options = NodeOptions { netns: Some(ns.0.clone()), node_name: Some("n1".into()), ..NodeOptions::default() };
+        let mut node = NodeAgent::new(options).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while node.cluster().endpoints.len() < 4 {
+            if let Ok(Some(update)) = source.poll() {
+                node.update(update);
+            }
+            assert!(Instant::now() < deadline, "{tag}: the source did not give the cluster");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        node.apply().unwrap();
+        let listed = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns.0, "nft", "list", "table", "inet", "palisade"])
+            .output()
+            .unwrap();
+        tables.push(String::from_utf8(listed.stdout).unwrap());
+        locals.push(node.local_pods().keys().map(|k| k.to_string()).collect::<Vec<_>>());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(tables[0].contains("chain forward"), "{}", tables[0]);
+    assert_eq!(tables[0], tables[1], "the kube source's table, then the dir source's");
+    assert_eq!(locals[0], locals[1]);
+    // Only n1's pods have per-pod state on n1: c and d (n2) are peers only.
+    for other in ["10.2.0.1", "10.2.0.2"] {
+        let lines: Vec<&str> = tables[1].lines().filter(|l| l.contains(other)).collect();
+        assert!(lines.iter().all(|l| !l.contains("pal")), "n2's pod {other} has local state on n1: {lines:?}");
+    }
+}

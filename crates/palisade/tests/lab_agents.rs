@@ -361,4 +361,18 @@ fn an_add_waits_for_the_source_to_show_the_pod() {
     let addr = SocketAddr::new(db.ips[0], 80);
     assert!(connect_tcp(&from("web"), addr, Duration::from_millis(1000)).is_ok(), "web -> db is allowed");
     assert!(connect_tcp(&from("other"), addr, Duration::from_millis(1000)).is_err(), "other -> db is denied");
+
+    // Each node's agent keeps to its node: per-pod state (a pod veth with
+    // an address) only for its own pods.
+    let plan = &lab.topology.plan;
+    for (n, node) in plan.nodes.iter().enumerate() {
+        let table = Netns::named(&node.netns).exec("nft", &["list", "table", "inet", "palisade"], None).unwrap();
+        for pod in &plan.pods {
+            let ip = pod.ips[0].to_string();
+            let local = table
+                .lines()
+                .any(|l| l.contains("\"pal") && (l.contains(&format!(". {ip} ")) || l.contains(&format!(". {ip},"))));
+            assert_eq!(local, pod.node == n, "node {n}'s table and pod {} (on node {}):\n{table}", pod.key, pod.node);
+        }
+    }
 }
