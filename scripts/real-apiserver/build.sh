@@ -79,7 +79,6 @@ APT_OPTS=(
   -o "Dir::State::Lists=$APT/lists"
   -o "Dir::Cache=$APT/cache"
   -o "APT::Sandbox::User=root"
-  -o "Debug::NoLocking=1"
 )
 apt_update_done=0
 apt_update() {
@@ -87,12 +86,14 @@ apt_update() {
   apt-get "${APT_OPTS[@]}" update -qq >&2 || die "apt-get update (private config) failed"
   apt_update_done=1
 }
-[ -n "$(ls -A "$APT/lists" 2>/dev/null | grep -v partial || true)" ] || apt_update
+if ! compgen -G "$APT/lists/*_Sources*" >/dev/null || ! compgen -G "$APT/lists/*_Packages*" >/dev/null; then
+  apt_update
+fi
 
 # Download a binary package and unpack it under $OUT/root (dpkg -x).
 unpack_deb() {
   local pkg="$1" deb
-  if ! ls "$OUT/debs/${pkg}_"*.deb >/dev/null 2>&1; then
+  if ! compgen -G "$OUT/debs/${pkg}_*.deb" >/dev/null; then
     log "apt-get download $pkg"
     if ! (cd "$OUT/debs" && apt-get "${APT_OPTS[@]}" download "$pkg" >&2); then
       [ "$apt_update_done" -eq 1 ] && die "apt-get download $pkg failed"
@@ -101,7 +102,7 @@ unpack_deb() {
         die "apt-get download $pkg failed"
     fi
   fi
-  deb=$(ls "$OUT/debs/${pkg}_"*.deb | head -n1)
+  deb=$(compgen -G "$OUT/debs/${pkg}_*.deb" | head -n1)
   dpkg -x "$deb" "$OUT/root" || die "dpkg -x $deb failed"
 }
 
@@ -143,7 +144,7 @@ if ! [ -f "$SRC/.palisade-prepared" ]; then
     (cd "$OUT/source" && apt-get "${APT_OPTS[@]}" source --download-only kubernetes >&2) ||
       die "apt-get source kubernetes failed"
   fi
-  dsc=$(ls "$OUT/source"/kubernetes_*.dsc | head -n1)
+  dsc=$(compgen -G "$OUT/source/kubernetes_*.dsc" | head -n1) || die "apt-get source left no kubernetes_*.dsc"
   case "$dsc" in
     *1.20.2*) ;;
     *) die "unexpected kubernetes source version: $dsc (expected 1.20.5+really1.20.2)" ;;

@@ -42,8 +42,8 @@ READY_TIMEOUT="${READY_TIMEOUT:-60}"
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 taken=" "
 pick_port() {
-  local p i
-  for i in $(seq 1 200); do
+  local p
+  for _ in $(seq 1 200); do
     # Below the kernel's ephemeral range (32768-60999), so no outgoing
     # connection holds it by chance.
     p=$((20000 + RANDOM % 12000))
@@ -171,6 +171,7 @@ rules:
 - level: Metadata
 EOF
 
+# shellcheck disable=SC2054 # commas inside flag values
 args=(
   --etcd-servers="http://127.0.0.1:$ETCD_PORT"
   --bind-address=127.0.0.1
@@ -226,7 +227,7 @@ if [ -s apiserver.pid ]; then
     exit 1
   fi
 fi
-echo "=== apiserver.sh restart at \$(date -Is)" >>apiserver.log
+echo "=== apiserver.sh: kube-apiserver started at \$(date -Is)" >>apiserver.log
 setsid $(q "$APISERVER_BIN" "${args[@]}" "${extra[@]}")</dev/null >>apiserver.log 2>&1 &
 echo \$! >apiserver.pid
 if [ "\${1:-}" = --wait ]; then

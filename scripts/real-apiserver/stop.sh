@@ -20,19 +20,19 @@ alive() {
 }
 
 stop_one() { # pidfile name
-  local file="$DIR/$1" name="$2" pid i
+  local file="$DIR/$1" name="$2" pid
   [ -s "$file" ] || return 0
   pid=$(cat "$file")
   case "$pid" in '' | *[!0-9]*) echo "stop.sh: bad pid in $file" >&2; return 1 ;; esac
   alive "$pid" "$name" || return 0
   kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 1 $((STOP_TIMEOUT * 10))); do
+  for _ in $(seq 1 $((STOP_TIMEOUT * 10))); do
     alive "$pid" "$name" || return 0
     sleep 0.1
   done
   echo "stop.sh: $name $pid did not exit in ${STOP_TIMEOUT} s; SIGKILL" >&2
   kill -KILL "$pid" 2>/dev/null || true
-  for i in $(seq 1 100); do
+  for _ in $(seq 1 100); do
     alive "$pid" "$name" || return 0
     sleep 0.1
   done
