@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 # The deploy manifests are validated against the Kubernetes API schemas.
 PALISADE_KUBERNETES_VALIDATE="$(scripts/ensure-schema-validator.sh)"
 export PALISADE_KUBERNETES_VALIDATE
+# A real kube-apiserver and etcd for the agent's tests, built once from
+# Debian's registry and cached outside the checkout (about 4 minutes cold).
+echo "== kube-apiserver for real_apiserver.rs (cached in ${PALISADE_CACHE:-/var/cache/palisade})"
+bash scripts/real-apiserver/build.sh >/dev/null
 start=$(date +%s)
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use palisade_dataplane::ctnetlink::Conntrack;
 use palisade_dataplane::netns::Netns;
 use palisade_dataplane::nfnetlink::NetlinkSession;
 use palisade_dataplane::{ApplyError, DenyAction, NodeCompiler, Options};
@@ -75,6 +76,8 @@ pub struct NodeAgent {
     engine: Engine,
     compiler: NodeCompiler,
     session: NetlinkSession,
+    /// The conntrack socket of the node, opened on first use.
+    ct: Option<Conntrack>,
     opts: NodeOptions,
     cluster: Cluster,
     local: BTreeMap<EndpointKey, LocalPod>,
@@ -140,6 +143,7 @@ impl NodeAgent {
                 ..Options::new(opts.deny.unwrap_or(DenyAction::Drop))
             }),
             session: NetlinkSession::new(opts.netns.as_deref()),
+            ct: None,
             opts,
             cluster: Cluster::default(),
             local,
@@ -494,10 +498,15 @@ impl NodeAgent {
         // Flows of pods that are gone go first: a pod confirmed by this
         // apply may have been given one of their addresses.
         if !self.forget.is_empty() {
-            let netns = self.opts.netns.as_deref().map(Netns::named);
-            let failed = palisade_dataplane::conntrack::forget_addresses(netns.as_ref(), &self.forget);
+            let forget = std::mem::take(&mut self.forget);
+            let failed = match self.conntrack() {
+                Ok(ct) => palisade_dataplane::conntrack::forget_addresses_on(ct, &forget),
+                Err(e) => vec![format!("removing the flows of {forget:?}: {e}")],
+            };
+            if !failed.is_empty() {
+                self.ct = None; // opened again next time
+            }
             self.warnings.extend(failed);
-            self.forget.clear();
         }
         let local = &self.local;
         let engine = &self.engine;
@@ -521,13 +530,26 @@ impl NodeAgent {
         }
         self.pending = Changes::default();
         if self.judge_flows && !self.opts.keep_established {
-            let netns = self.opts.netns.as_deref().map(Netns::named);
+            self.conntrack()?;
+            let ct = self.ct.as_mut().expect("opened");
             let denies = palisade_dataplane::conntrack::engine_denies(&self.engine, self.node_addrs.clone());
             // On failure the flows are judged again at the next apply.
-            palisade_dataplane::conntrack::flush_denied(netns.as_ref(), denies)?;
+            if let Err(e) = palisade_dataplane::conntrack::flush_denied_on(ct, denies) {
+                self.ct = None;
+                return Err(e.into());
+            }
         }
         self.judge_flows = false;
         Ok(changed)
+    }
+
+    /// The node's conntrack socket, kept open (closing one costs an RCU
+    /// grace period, ~10 ms).
+    fn conntrack(&mut self) -> Result<&mut Conntrack, palisade_dataplane::netns::NetnsError> {
+        if self.ct.is_none() {
+            self.ct = Some(Conntrack::open(self.opts.netns.as_deref().map(Netns::named).as_ref())?);
+        }
+        Ok(self.ct.as_mut().expect("just opened"))
     }
 }
 

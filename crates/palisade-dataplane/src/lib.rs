@@ -9,6 +9,7 @@
 pub mod bpf;
 mod chains;
 pub mod conntrack;
+pub mod ctnetlink;
 mod incremental;
 pub mod link;
 pub mod netns;

@@ -72,8 +72,9 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = 200)]
     pub poll_ms: u64,
     /// Apply a burst of source changes once the source is quiet this long (ms); never later than 10x this.
-    #[arg(long, default_value_t = 50)]
-    pub debounce_ms: u64,
+    /// Default: 5 with --kube (events arrive as they happen), 50 with --dir (an editor writes in bursts).
+    #[arg(long)]
+    pub debounce_ms: Option<u64>,
     /// Keep established connections a policy change forbids (default: end them within a second).
     #[arg(long, env = "PALISADE_KEEP_ESTABLISHED")]
     pub keep_established: bool,

@@ -113,9 +113,12 @@ pub fn run(args: &AgentArgs) -> Result<()> {
         state_file: Some(args.state_file.clone()),
         node_name: args.node_name.clone(),
     };
-    config.poll = Duration::from_millis(args.poll_ms);
-    config.debounce = Duration::from_millis(args.debounce_ms);
-    config.max_delay = Duration::from_millis(args.debounce_ms * 10).max(config.poll);
+    // The kube source is a queue its watches fill: reading it costs a lock,
+    // so it is read on every turn of the loop (at most 2 ms apart).
+    config.poll = if args.kube { Duration::ZERO } else { Duration::from_millis(args.poll_ms) };
+    let debounce_ms = args.debounce_ms.unwrap_or(if args.kube { 5 } else { 50 });
+    config.debounce = Duration::from_millis(debounce_ms);
+    config.max_delay = Duration::from_millis(debounce_ms * 10).max(config.poll);
     config.owner_pid = args.owner_pid;
     config.node_setup = palisade_dataplane::node_ready::NodeSetup { sysctl_root: args.sysctl_dir.clone() };
     let metrics = Arc::new(Metrics::new());
