@@ -108,6 +108,8 @@ pub enum Event<'a> {
     /// What the node lacks for its pods (empty: ready), and what the agent
     /// changed to make it so.
     NodeReadiness(&'a Readiness),
+    /// Tracked flows the policy now forbids were ended (how many).
+    FlowsEnded(usize),
 }
 
 /// Runs until `stop` is set (or the owner process is gone). Leaves the
@@ -289,6 +291,15 @@ pub fn run_with(
             }
         }
         source_moved = false;
+        // Established flows the new policy forbids end right after it is
+        // in the kernel (the dump runs on a thread; see NodeAgent).
+        if !failing {
+            match node.end_denied_flows_in_background() {
+                Ok(Some(ended)) if ended > 0 => report(Event::FlowsEnded(ended), &node),
+                Ok(_) => {}
+                Err(e) => report(Event::Warning(&format!("ending denied flows (tried again): {e}")), &node),
+            }
+        }
         socket.wait(Duration::from_millis(2));
     }
     let _ = std::fs::remove_file(&config.socket);

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use palisade_dataplane::ctnetlink::Conntrack;
+use palisade_dataplane::ctnetlink::{BackgroundDump, Conntrack};
 use palisade_dataplane::netns::Netns;
 use palisade_dataplane::nfnetlink::NetlinkSession;
 use palisade_dataplane::{ApplyError, DenyAction, NodeCompiler, Options};
@@ -78,6 +78,8 @@ pub struct NodeAgent {
     session: NetlinkSession,
     /// The conntrack socket of the node, opened on first use.
     ct: Option<Conntrack>,
+    /// Dumps the conntrack table off the agent's loop.
+    dumper: Option<BackgroundDump>,
     opts: NodeOptions,
     cluster: Cluster,
     local: BTreeMap<EndpointKey, LocalPod>,
@@ -144,6 +146,7 @@ impl NodeAgent {
             }),
             session: NetlinkSession::new(opts.netns.as_deref()),
             ct: None,
+            dumper: None,
             opts,
             cluster: Cluster::default(),
             local,
@@ -486,11 +489,11 @@ impl NodeAgent {
         std::fs::rename(&tmp, path).map_err(err)
     }
 
-    /// Puts everything pending into the kernel in one transaction, then
-    /// (unless established flows are kept) ends the tracked flows the new
-    /// policy forbids. On failure the kernel keeps its previous state, and
-    /// the next call replaces the whole table. Returns whether anything
-    /// changed.
+    /// Puts everything pending into the kernel in one transaction. On
+    /// failure the kernel keeps its previous state, and the next call
+    /// replaces the whole table. Returns whether anything changed. The
+    /// tracked flows the new policy forbids are ended by
+    /// [`end_denied_flows_in_background`](Self::end_denied_flows_in_background), right after.
     pub fn apply(&mut self) -> Result<bool, NodeError> {
         if !self.checks_ensured {
             self.ensure_sender_checks()?;
@@ -529,18 +532,44 @@ impl NodeAgent {
             return Err(e.into());
         }
         self.pending = Changes::default();
-        if self.judge_flows && !self.opts.keep_established {
+        Ok(changed)
+    }
+
+    /// Ends the tracked flows the policy in the kernel forbids (unless
+    /// established flows are kept), without waiting: starts a dump on a
+    /// thread when flows wait to be judged (it walks the kernel's whole
+    /// conntrack hash, shared by every namespace: ~10 ms here, which new
+    /// rules need not wait for), and judges the dump that has arrived with
+    /// the policy in the kernel by then. `Some(ended)` once a judgement is
+    /// done; on failure the flows are judged again next time.
+    pub fn end_denied_flows_in_background(&mut self) -> Result<Option<usize>, NodeError> {
+        let netns = self.opts.netns.as_deref().map(Netns::named);
+        let dumper = self.dumper.get_or_insert_with(|| BackgroundDump::spawn(netns));
+        if let Some(dumped) = dumper.poll() {
+            let entries = match dumped {
+                Ok(entries) => entries,
+                Err(e) => {
+                    self.judge_flows = true; // again, next time
+                    let source = std::io::Error::other(e);
+                    return Err(
+                        palisade_dataplane::netns::NetnsError::Io { what: "conntrack dump".into(), source }.into()
+                    );
+                }
+            };
             self.conntrack()?;
             let ct = self.ct.as_mut().expect("opened");
             let denies = palisade_dataplane::conntrack::engine_denies(&self.engine, self.node_addrs.clone());
-            // On failure the flows are judged again at the next apply.
-            if let Err(e) = palisade_dataplane::conntrack::flush_denied_on(ct, denies) {
+            let ended = palisade_dataplane::conntrack::delete_denied(ct, &entries, denies).inspect_err(|_| {
                 self.ct = None;
-                return Err(e.into());
-            }
+                self.judge_flows = true;
+            })?;
+            return Ok(Some(ended));
         }
-        self.judge_flows = false;
-        Ok(changed)
+        let wanted = self.judge_flows && !self.opts.keep_established;
+        if wanted && dumper.request() {
+            self.judge_flows = false;
+        }
+        Ok(None)
     }
 
     /// The node's conntrack socket, kept open (closing one costs an RCU

@@ -150,6 +150,7 @@ impl Metrics {
             | Event::PodDeleteIgnored(_)
             | Event::PodWaiting(..)
             | Event::PodUnheard(_)
+            | Event::FlowsEnded(_)
             | Event::Tick
             | Event::Warning(_) => {}
         }

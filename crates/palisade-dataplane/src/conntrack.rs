@@ -57,9 +57,19 @@ pub fn flush_denied(ns: Option<&Netns>, denied: impl Fn(&CtFlow) -> bool) -> Res
 /// [`flush_denied`] on an open socket (closing a netfilter socket waits
 /// for an RCU grace period, ~10 ms: a daemon keeps one open).
 pub fn flush_denied_on(ct: &mut Conntrack, denied: impl Fn(&CtFlow) -> bool) -> Result<usize, NetnsError> {
+    let entries = ct.dump()?;
+    delete_denied(ct, &entries, denied)
+}
+
+/// Deletes the `entries` (a dump) of live flows `denied` forbids.
+pub fn delete_denied(
+    ct: &mut Conntrack,
+    entries: &[Entry],
+    denied: impl Fn(&CtFlow) -> bool,
+) -> Result<usize, NetnsError> {
     let mut removed = 0;
-    for entry in ct.dump()? {
-        if CtFlow::of(&entry).is_some_and(|f| !f.closed && denied(&f)) && ct.delete(&entry)? {
+    for entry in entries {
+        if CtFlow::of(entry).is_some_and(|f| !f.closed && denied(&f)) && ct.delete(entry)? {
             removed += 1;
         }
     }

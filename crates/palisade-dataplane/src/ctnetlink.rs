@@ -156,6 +156,64 @@ impl Conntrack {
     }
 }
 
+/// Dumps on a thread of its own, so that the caller's loop goes on while
+/// the kernel walks its conntrack hash (shared by every namespace: ~10 ms
+/// here whatever the namespace holds).
+pub struct BackgroundDump {
+    requests: std::sync::mpsc::Sender<()>,
+    results: std::sync::mpsc::Receiver<Result<Vec<Entry>, String>>,
+    in_flight: bool,
+}
+
+impl BackgroundDump {
+    /// A dumper for `netns` (this namespace if `None`); its socket is
+    /// opened on the thread, at the first request.
+    pub fn spawn(netns: Option<Netns>) -> BackgroundDump {
+        let (requests, incoming) = std::sync::mpsc::channel::<()>();
+        let (reply, results) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut ct: Option<Conntrack> = None;
+            while incoming.recv().is_ok() {
+                let dumped = match ct.as_mut() {
+                    Some(ct) => ct.dump(),
+                    None => Conntrack::open(netns.as_ref()).and_then(|c| ct.insert(c).dump()),
+                };
+                if dumped.is_err() {
+                    ct = None;
+                }
+                if reply.send(dumped.map_err(|e| e.to_string())).is_err() {
+                    break;
+                }
+            }
+        });
+        BackgroundDump { requests, results, in_flight: false }
+    }
+
+    /// Asks for a dump unless one is under way; `false` if one was.
+    pub fn request(&mut self) -> bool {
+        if self.in_flight {
+            return false;
+        }
+        self.in_flight = self.requests.send(()).is_ok();
+        self.in_flight
+    }
+
+    pub fn in_flight(&self) -> bool {
+        self.in_flight
+    }
+
+    /// The dump, once it is there.
+    pub fn poll(&mut self) -> Option<Result<Vec<Entry>, String>> {
+        let result = match self.results.try_recv() {
+            Ok(r) => r,
+            Err(std::sync::mpsc::TryRecvError::Empty) => return None,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => Err("the conntrack dump thread ended".into()),
+        };
+        self.in_flight = false;
+        Some(result)
+    }
+}
+
 fn io(what: &str, source: std::io::Error) -> NetnsError {
     NetnsError::Io { what: what.to_string(), source }
 }

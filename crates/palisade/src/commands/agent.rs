@@ -191,6 +191,9 @@ pub fn run(args: &AgentArgs) -> Result<()> {
                     logger.log("info", "the node is ready for pods again", json!({}));
                 }
             }
+            Event::FlowsEnded(n) => {
+                logger.log("info", "established flows the policy now forbids were ended", json!({"flows": n}))
+            }
             Event::Stale(None) => logger.log("info", "the cluster view is current again", json!({})),
         }
     };

@@ -172,9 +172,15 @@ pub fn run(args: &BenchAgentArgs, out: &mut dyn Write) -> Result<()> {
         let version = doc.split("\n    version: ").nth(1).and_then(|r| r.lines().next()).unwrap_or("v1").to_string();
         let next = format!("v{}", 1 + (version.trim_start_matches('v').parse::<usize>().unwrap_or(1) % 3));
         *doc = doc.replacen(&format!("\n    version: {version}\n"), &format!("\n    version: {next}\n"), 1);
+        // The digest the agent will report, computed before the clock
+        // starts (reading every file back would be timed otherwise).
+        let sources: Vec<palisade_model::Source> = (0..files.len())
+            .map(|g| palisade_model::Source { name: path_of(g).display().to_string(), text: render(&files[g]) })
+            .collect();
+        let digest = palisade_agent::source::digest(&sources);
+        let text = render(&files[f]);
         let t = Instant::now();
-        write_atomically(&path_of(f), &render(&files[f]))?;
-        let digest = digest_dir(&manifests);
+        write_atomically(&path_of(f), &text)?;
         wait_applied(&socket, &digest, Duration::from_secs(30))?;
         latencies.push(t.elapsed().as_secs_f64() * 1e3);
     }
