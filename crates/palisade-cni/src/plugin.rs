@@ -472,7 +472,9 @@ fn remove_link(host_if: &str) -> Result<(), CniError> {
     if !exists() {
         return Ok(());
     }
-    match Netns::named("/proc/thread-self/ns/net").ip_batch(&format!("link del {host_if}\n")) {
+    let deleted = palisade_dataplane::rtnl::Rtnl::open(&Netns::named("/proc/thread-self/ns/net"))
+        .and_then(|mut rtnl| rtnl.delete_link(host_if));
+    match deleted {
         Err(e) if exists() => Err(internal("removing the pod's link", e)),
         _ => Ok(()),
     }
@@ -499,11 +501,14 @@ fn check(conf: &NetConf, container_id: &str, netns: &str, ifname: &str) -> Resul
     if !palisade_dataplane::sender::is_attached(&host_if, &held).map_err(|e| internal("CHECK", e))? {
         return Err(internal("CHECK", format!("the sender check on {host_if} is missing or not for {held:?}")));
     }
-    let addrs = Netns::named(netns)
-        .exec("ip", &["-o", "addr", "show", "dev", ifname], None)
+    let addrs = palisade_dataplane::rtnl::Rtnl::open(&Netns::named(netns))
+        .and_then(|mut rtnl| {
+            let dev = rtnl.index(ifname)?;
+            rtnl.addresses(Some(dev))
+        })
         .map_err(|e| internal("CHECK", e))?;
     for ip in &held {
-        if !addrs.contains(&format!(" {ip}/")) {
+        if !addrs.contains(ip) {
             return Err(internal("CHECK", format!("{ip} is not on {ifname} in {netns}")));
         }
     }

@@ -59,10 +59,22 @@ impl Env {
 
     /// Runs the plugin in the node namespace: (exit code, stdout as JSON or Null).
     fn cni(&self, command: &str, vars: &[(&str, &str)], stdin: &Value) -> (i32, Value) {
-        let mut cmd = Command::new("ip");
+        self.cni_with_path(command, vars, stdin, &std::env::var("PATH").unwrap_or_default())
+    }
+
+    /// [`cni`](Self::cni) with the plugin's `PATH` set to `path`.
+    fn cni_with_path(&self, command: &str, vars: &[(&str, &str)], stdin: &Value, path: &str) -> (i32, Value) {
+        // `ip netns exec` is the harness's (found on the test's PATH), not the plugin's.
+        let ip = std::env::var("PATH")
+            .unwrap_or_default()
+            .split(':')
+            .map(|d| std::path::Path::new(d).join("ip"))
+            .find(|p| p.exists())
+            .expect("ip on the test's PATH");
+        let mut cmd = Command::new(ip);
         cmd.args(["netns", "exec", &self.node.0, env!("CARGO_BIN_EXE_palisade-cni")])
             .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("PATH", path)
             .env("CNI_COMMAND", command)
             .env("CNI_PATH", "/usr/lib/cni")
             .stdin(Stdio::piped())
@@ -354,4 +366,33 @@ fn fifty_parallel_adds_get_distinct_addresses() {
     assert_eq!(addrs.len(), 50, "no duplicate address");
     stop(&env);
     let _ = server.join();
+}
+
+/// The plugin needs no other program: on a node without iproute2 (PATH
+/// holds nothing), ADD, CHECK and DEL work, over rtnetlink.
+#[test]
+fn add_check_del_without_any_other_program() {
+    if !palisade_testkit::privileged("cni without iproute2") {
+        return;
+    }
+    let env = Env::new("noip");
+    let confirmed = confirmer(&env);
+    let pod = Ns::new("noipp");
+    let empty = env.dir.join("empty-path");
+    std::fs::create_dir_all(&empty).unwrap();
+    let path = empty.to_str().unwrap();
+    let conf = env.conf("1.0.0", &["10.45.0.0/24"]);
+    let (code, added) = env.cni_with_path("ADD", &vars("c1", &pod.path()), &conf, path);
+    assert_eq!(code, 0, "ADD without iproute2: {added}");
+    assert_eq!(added["ips"][0]["address"], "10.45.0.1/32", "{added}");
+    let mut with_prev = conf.clone();
+    with_prev["prevResult"] = added.clone();
+    let (code, checked) = env.cni_with_path("CHECK", &vars("c1", &pod.path()), &with_prev, path);
+    assert_eq!(code, 0, "CHECK: {checked}");
+    let (code, deleted) = env.cni_with_path("DEL", &vars("c1", &pod.path()), &conf, path);
+    assert_eq!(code, 0, "DEL: {deleted}");
+    let links = Command::new("ip").args(["-n", &env.node.0, "-o", "link"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&links.stdout).contains("pal"), "the link is removed");
+    stop(&env);
+    assert_eq!(confirmed.join().unwrap(), 2, "the ADD confirmed, the DEL told");
 }

@@ -18,6 +18,7 @@ mod nfobjects;
 pub mod nft;
 pub mod node_ready;
 pub mod podnet;
+pub mod rtnl;
 pub mod ruleset;
 pub mod sender;
 

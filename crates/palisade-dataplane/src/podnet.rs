@@ -9,6 +9,7 @@
 use std::net::IpAddr;
 
 use crate::netns::{Netns, NetnsError};
+use crate::rtnl::Rtnl;
 
 /// The IPv4 gateway every pod routes to; answered by the node (proxy ARP).
 pub const GATEWAY_V4: &str = "169.254.1.1";
@@ -38,59 +39,62 @@ impl PodLink {
     /// on the node side (see `sender`). Returns once the node's end
     /// transmits, so the pod's first packets are not lost.
     pub fn attach(&self) -> Result<(), NetnsError> {
-        assert!(self.host_if.len() <= 15, "interface name {:?} longer than 15 bytes", self.host_if);
         let has_v6 = self.addresses.iter().any(IpAddr::is_ipv6);
+        let len = |a: &IpAddr| if a.is_ipv4() { 32 } else { 128 };
         // No duplicate address detection on a point-to-point link: link-local
         // addresses are usable at once, so the first packet is not delayed.
         no_dad(&self.node)?;
         no_dad(&self.pod)?;
         // The pair is created from the node's namespace with the peer placed in the pod's.
-        let mut node = format!(
-            "link add name {host} type veth peer name {pod_if} netns {pod}\n",
-            host = self.host_if,
-            pod_if = self.pod_if,
-            pod = self.pod.name
-        );
-        node += &format!("link set {} up\n", self.host_if);
+        let mut node = Rtnl::open(&self.node)?;
+        node.add_veth(&self.host_if, &self.pod_if, &self.pod)?;
+        node.set_up(&self.host_if)?;
+        let host = node.index(&self.host_if)?;
         if has_v6 {
-            node += &format!("addr add {GATEWAY_V6}/64 dev {} nodad\n", self.host_if);
+            node.add_address(host, gateway_v6(), 64)?;
         }
         for a in &self.addresses {
-            let len = if a.is_ipv4() { 32 } else { 128 };
-            node += &format!("route add {a}/{len} dev {}\n", self.host_if);
+            node.add_route(host, *a, len(a), None)?;
         }
-        self.node.ip_batch(&node)?;
         // Before the pod's end is up, so nothing it sends escapes the check.
         crate::sender::attach_in(&self.node, &self.host_if, &self.addresses)?;
         self.node.sysctl(&format!("net.ipv4.conf.{}.proxy_arp", self.host_if), "1")?;
         // Replies to the pod's neighbour solicitations come at once.
         self.node.sysctl(&format!("net.ipv4.neigh.{}.proxy_delay", self.host_if), "0")?;
 
-        let dev = &self.pod_if;
-        let mut pod = format!("link set lo up\nlink set {dev} up\n");
+        let mut pod = Rtnl::open(&self.pod)?;
+        pod.set_up("lo")?;
+        pod.set_up(&self.pod_if)?;
+        let dev = pod.index(&self.pod_if)?;
         for a in &self.addresses {
-            match a {
-                IpAddr::V4(_) => pod += &format!("addr add {a}/32 dev {dev}\n"),
-                IpAddr::V6(_) => pod += &format!("addr add {a}/128 dev {dev} nodad\n"),
-            }
+            pod.add_address(dev, *a, len(a))?;
         }
         if self.addresses.iter().any(IpAddr::is_ipv4) {
-            pod +=
-                &format!("route add {GATEWAY_V4} dev {dev} scope link\nroute add default via {GATEWAY_V4} dev {dev}\n");
+            let gw = gateway_v4();
+            pod.add_route(dev, gw, 32, None)?;
+            pod.add_route(dev, IpAddr::from([0, 0, 0, 0]), 0, Some(gw))?;
         }
         if has_v6 {
-            pod += &format!("route add ::/0 via {GATEWAY_V6} dev {dev}\n");
+            pod.add_route(dev, IpAddr::from([0u16; 8]), 0, Some(gateway_v6()))?;
         }
-        self.pod.ip_batch(&pod)?;
         // The node's end is activated asynchronously once the pod's is up;
         // until then it drops what it sends (see `link`).
         crate::link::wait_until_transmitting(&self.node, &self.host_if, ACTIVATION_LIMIT)
     }
 
     /// Removes the pair (deleting one end deletes both) and its routes.
+    /// Gone already is fine.
     pub fn detach(&self) -> Result<(), NetnsError> {
-        self.node.ip_batch(&format!("link del {}\n", self.host_if))
+        Rtnl::open(&self.node)?.delete_link(&self.host_if).map(|_| ())
     }
+}
+
+fn gateway_v4() -> IpAddr {
+    GATEWAY_V4.parse().expect("gateway address")
+}
+
+fn gateway_v6() -> IpAddr {
+    GATEWAY_V6.parse().expect("gateway address")
 }
 
 /// Makes a namespace a router: forwarding on, in both families.
