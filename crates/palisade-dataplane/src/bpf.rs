@@ -33,13 +33,17 @@ pub enum BpfError {
     Load { source: std::io::Error, log: String },
     #[error("{what} on {dev}: {source}")]
     Call { what: &'static str, dev: String, source: std::io::Error },
+    #[error("{dev} has {programs} tcx programs and their names cannot be read without CAP_SYS_ADMIN: which is the sender check is unknown")]
+    Unverifiable { dev: String, programs: usize },
 }
 
 /// One program attached to a device: its kernel id and name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attached {
     pub id: u32,
-    pub name: String,
+    /// `None`: not readable here (opening a program by id needs
+    /// CAP_SYS_ADMIN, which the agent does not have).
+    pub name: Option<String>,
 }
 
 fn put_u32(attr: &mut [u8; ATTR_SIZE], at: usize, v: u32) {
@@ -132,8 +136,12 @@ pub fn attached(dev: &str) -> Result<Vec<Attached>, BpfError> {
     let count = u32::from_ne_bytes(attr[24..28].try_into().expect("4 bytes")) as usize;
     let mut out = Vec::new();
     for id in ids.iter().take(count.min(ids.len())) {
-        let fd = prog_fd(*id).map_err(call("open program"))?;
-        out.push(Attached { id: *id, name: prog_name(&fd).map_err(call("program info"))? });
+        let name = match prog_fd(*id) {
+            Ok(fd) => Some(prog_name(&fd).map_err(call("program info"))?),
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => None,
+            Err(e) => return Err(call("open program")(e)),
+        };
+        out.push(Attached { id: *id, name });
     }
     Ok(out)
 }

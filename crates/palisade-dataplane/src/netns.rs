@@ -95,6 +95,16 @@ impl Netns {
     pub fn enter<T>(&self, f: impl FnOnce() -> T) -> Result<T, NetnsError> {
         let home = home();
         let target = File::open(self.path()).map_err(io_err(format!("open netns {}", self.name)))?;
+        // Already there (an agent in its node's namespace): no setns, which
+        // would need CAP_SYS_ADMIN even to stay where we are.
+        let here = std::fs::metadata("/proc/thread-self/ns/net").ok();
+        let there = target.metadata().ok();
+        if let (Some(here), Some(there)) = (here, there) {
+            use std::os::unix::fs::MetadataExt;
+            if (here.dev(), here.ino()) == (there.dev(), there.ino()) {
+                return Ok(f());
+            }
+        }
         setns(target.as_fd(), CloneFlags::CLONE_NEWNET)
             .map_err(|e| NetnsError::Io { what: format!("enter netns {}", self.name), source: e.into() })?;
         struct Back(&'static File);

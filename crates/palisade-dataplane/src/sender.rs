@@ -225,13 +225,24 @@ pub fn attach(dev: &str, ips: &[IpAddr]) -> Result<(), BpfError> {
     let code = ebpf(&program(ips));
     let name = name_of(&code);
     let before = bpf::attached(dev)?;
-    if before.first().is_some_and(|p| p.name == name) && before.iter().skip(1).all(|p| !p.name.starts_with(NAME_PREFIX))
+    let ours = |p: &bpf::Attached| p.name.as_deref().is_some_and(|n| n.starts_with(NAME_PREFIX));
+    if before.first().is_some_and(|p| p.name.as_deref() == Some(name.as_str()))
+        && before.iter().skip(1).all(|p| !ours(p))
     {
         return Ok(());
     }
+    // Without CAP_SYS_ADMIN the programs' names cannot be read: one program
+    // on a pod's veth is the check its plugin attached (nothing else
+    // attaches there, and a pod's addresses do not change).
+    if before.iter().any(|p| p.name.is_none()) {
+        return match before.len() {
+            1 => Ok(()),
+            n => Err(BpfError::Unverifiable { dev: dev.into(), programs: n }),
+        };
+    }
     let prog = bpf::load(&name, &code)?;
     bpf::attach_first(dev, &prog)?;
-    for old in before.iter().filter(|p| p.name.starts_with(NAME_PREFIX)) {
+    for old in before.iter().filter(|p| ours(p)) {
         bpf::detach(dev, old.id)?;
     }
     Ok(())
@@ -240,13 +251,13 @@ pub fn attach(dev: &str, ips: &[IpAddr]) -> Result<(), BpfError> {
 /// Whether `dev`'s first tcx ingress program is the check for exactly `ips`.
 pub fn is_attached(dev: &str, ips: &[IpAddr]) -> Result<bool, BpfError> {
     let name = name_of(&ebpf(&program(ips)));
-    Ok(bpf::attached(dev)?.first().is_some_and(|p| p.name == name))
+    Ok(bpf::attached(dev)?.first().is_some_and(|p| p.name.as_deref() == Some(name.as_str())))
 }
 
 /// Removes the sender check from `dev`. Only for measuring without it and
 /// for tests: a pod's veth never loses its check.
 pub fn detach(dev: &str) -> Result<(), BpfError> {
-    for p in bpf::attached(dev)?.into_iter().filter(|p| p.name.starts_with(NAME_PREFIX)) {
+    for p in bpf::attached(dev)?.into_iter().filter(|p| p.name.as_deref().is_some_and(|n| n.starts_with(NAME_PREFIX))) {
         bpf::detach(dev, p.id)?;
     }
     Ok(())

@@ -275,13 +275,21 @@ impl Agents {
     fn spawn(&self, node: usize) -> Result<Child, AgentsError> {
         let log = self.log(node);
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).map_err(io(&log))?;
-        let mut cmd = Command::new(&self.setup.palisade);
-        cmd.arg("agent")
+        // As the DaemonSet runs it: inside its node's namespace, with the
+        // manifest's capabilities and no others (root's bounding set cut).
+        let bounding: Vec<String> =
+            palisade_agent::CAPABILITIES.iter().map(|c| format!("+{}", c.to_lowercase())).collect();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.nodes[node].1, "setpriv"])
+            .arg(format!("--bounding-set=-all,{}", bounding.join(",")))
+            .arg("--")
+            .arg(&self.setup.palisade)
+            .arg("agent")
             .arg("--dir")
             .arg(self.manifests())
             .arg("--socket")
             .arg(self.socket(node))
-            .args(["--netns", &self.nodes[node].1, "--node-name", &self.nodes[node].0])
+            .args(["--node-name", &self.nodes[node].0])
             .args(["--deny", if self.deny == DenyAction::Reject { "reject" } else { "drop" }])
             .args(["--poll-ms", "10", "--debounce-ms", "0", "--log-format", "json"])
             .arg("--state-file")

@@ -98,7 +98,7 @@ fn manifests_agree_with_the_code() {
     let palisade::cli::Command::Agent(args) = cli.command else { panic!("not the agent: {argv:?}") };
     assert!(args.kube, "the DaemonSet watches the API server");
     let caps = &agent["securityContext"]["capabilities"];
-    assert_eq!(caps["add"], serde_json::json!(["NET_ADMIN"]), "NET_ADMIN and nothing more");
+    assert_eq!(caps["add"], serde_json::json!(palisade_agent::CAPABILITIES), "what the agent needs and nothing more");
     assert_eq!(caps["drop"], serde_json::json!(["ALL"]));
     assert_eq!(agent["securityContext"]["privileged"], false);
     let env: Vec<&str> = agent["env"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
