@@ -84,6 +84,10 @@ struct ParsedFile {
     objects: BTreeMap<ObjectRef, Located>,
     /// The file's objects that cannot be read, with why.
     unreadable: BTreeMap<ObjectRef, String>,
+    /// The objects of each YAML document read without problems, by the
+    /// hash of its text: an edit of one document of a file of hundreds
+    /// reads only that one again (parsing is most of a change's cost).
+    documents: HashMap<u64, Vec<ObjectRef>>,
 }
 
 impl ParsedFile {
@@ -97,12 +101,22 @@ impl ParsedFile {
     /// unreadable object of kind `File`.
     fn parse(path: &Path, id: FileId, text: Result<String, std::io::Error>, before: Option<&ParsedFile>) -> Self {
         let name = path.display().to_string();
-        let mut file = ParsedFile { id, text_hash: 0, objects: BTreeMap::new(), unreadable: BTreeMap::new() };
+        let mut file = ParsedFile {
+            id,
+            text_hash: 0,
+            objects: BTreeMap::new(),
+            unreadable: BTreeMap::new(),
+            documents: HashMap::new(),
+        };
         let mut unnamed: Vec<String> = Vec::new();
         match text {
             Ok(text) => {
                 file.text_hash = fnv(text.bytes(), FNV_START);
-                let manifests = parse_sources(&[palisade_model::Source { name: name.clone(), text }]).per_pod();
+                let source = palisade_model::Source { name: name.clone(), text };
+                let manifests = match palisade_model::load::yaml_documents(&source) {
+                    Some(docs) => Self::parse_documents(&name, &docs, before, &mut file.documents),
+                    None => parse_sources(std::slice::from_ref(&source)).per_pod(),
+                };
                 for p in manifests.problems {
                     match &p {
                         Problem::Invalid { object, .. } => {
@@ -138,6 +152,46 @@ impl ParsedFile {
             file.unreadable.insert(ObjectRef { kind: FILE.into(), namespace: None, name }, why);
         }
         file
+    }
+}
+
+impl ParsedFile {
+    /// Reads the YAML `docs` of file `name`, each as `parse_sources` would,
+    /// taking the objects of documents unchanged since `before` from it.
+    fn parse_documents(
+        name: &str,
+        docs: &[&str],
+        before: Option<&ParsedFile>,
+        cache: &mut HashMap<u64, Vec<ObjectRef>>,
+    ) -> palisade_model::Manifests {
+        let mut out = palisade_model::Manifests::default();
+        for (i, doc) in docs.iter().enumerate() {
+            let hash = fnv(doc.bytes(), FNV_START);
+            let kept = before.and_then(|b| {
+                let refs = b.documents.get(&hash)?;
+                refs.iter().map(|r| b.objects.get(r).cloned()).collect::<Option<Vec<Located>>>()
+            });
+            let objects = match kept {
+                Some(mut objects) => {
+                    for l in &mut objects {
+                        l.location.document = i + 1;
+                    }
+                    objects
+                }
+                None => {
+                    let read = palisade_model::load::parse_yaml_document(name, i + 1, doc).per_pod();
+                    if !read.problems.is_empty() {
+                        out.problems.extend(read.problems);
+                        out.objects.extend(read.objects);
+                        continue;
+                    }
+                    read.objects
+                }
+            };
+            cache.insert(hash, objects.iter().map(|l| l.object_ref.clone()).collect());
+            out.objects.extend(objects);
+        }
+        out
     }
 }
 

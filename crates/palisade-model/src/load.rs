@@ -191,6 +191,25 @@ pub fn parse_sources(sources: &[Source]) -> Manifests {
     out
 }
 
+/// The YAML documents of `source`, as [`parse_sources`] splits them
+/// (`None`: the source is JSON, read whole).
+pub fn yaml_documents(source: &Source) -> Option<Vec<&str>> {
+    let trimmed = source.text.trim_start();
+    if source.name.ends_with(".json") || trimmed.starts_with('{') || trimmed.starts_with('[') {
+        return None;
+    }
+    Some(split_yaml(&source.text))
+}
+
+/// Document `document` (from 1) of file `file`, read exactly as
+/// [`parse_sources`] reads it: a caller that kept the other documents'
+/// objects need not read them again.
+pub fn parse_yaml_document(file: &str, document: usize, text: &str) -> Manifests {
+    let mut out = Manifests::default();
+    parse_document(Doc::Yaml(text), Location { file: file.to_string(), document, item: None }, &mut out);
+    out
+}
+
 /// Reads objects already parsed as JSON (from the API server), each named
 /// for error messages (`kube:Pod/ns/name`): the same readers and checks
 /// as manifest files.
