@@ -396,3 +396,27 @@ fn add_check_del_without_any_other_program() {
     stop(&env);
     assert_eq!(confirmed.join().unwrap(), 2, "the ADD confirmed, the DEL told");
 }
+
+/// Without ranges in its config the plugin asks the agent for the node's
+/// pod CIDRs, and waits for the answer only as long as `agentTimeoutMs`
+/// says (it was a fixed 2 s).
+#[test]
+fn the_pod_cidr_query_honours_the_agent_timeout() {
+    if !palisade_testkit::privileged("cni pod CIDR query timeout") {
+        return;
+    }
+    let env = Env::new("cidrt");
+    // An agent that accepts and never answers.
+    let listener = UnixListener::bind(&env.socket).unwrap();
+    let held = std::thread::spawn(move || listener.accept().map(|(s, _)| s));
+    let pod = Ns::new("cidrtp");
+    let mut conf = env.conf("1.0.0", &[]);
+    conf["ipam"].as_object_mut().unwrap().remove("ranges");
+    conf["agentTimeoutMs"] = json!(300);
+    let started = std::time::Instant::now();
+    let (code, v) = env.cni("ADD", &vars("c1", &pod.path()), &conf);
+    let took = started.elapsed();
+    assert_eq!((code, v["code"].as_u64()), (1, Some(101)), "{v}");
+    assert!(took < std::time::Duration::from_millis(1500), "ADD waited {took:?} for a 300 ms timeout");
+    drop(held.join());
+}
