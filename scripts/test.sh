@@ -11,6 +11,10 @@ export PALISADE_KUBERNETES_VALIDATE
 # Debian's registry and cached outside the checkout (about 4 minutes cold).
 echo "== kube-apiserver for real_apiserver.rs (cached in ${PALISADE_CACHE:-/var/cache/palisade})"
 bash scripts/real-apiserver/build.sh >/dev/null
+# containerd's CRI plugin, a busybox pause image and a small CRI client
+# (built against the same tree) for real_runtime.rs.
+echo "== containerd harness for real_runtime.rs"
+bash scripts/real-runtime/build.sh >/dev/null
 start=$(date +%s)
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -17,9 +17,11 @@ use serde_json::json;
 use super::lab::{deny_action, require_root};
 use crate::cli::{AgentArgs, LogFormat};
 
-/// One log line: text for people, JSON lines for collectors. A line
-/// identical to one written in the last 30 s is held back and counted; the
-/// next time it is written it says how many were held back.
+/// One log line: text for people, JSON lines for collectors. A warning or
+/// error identical to one written in the last 30 s is held back and
+/// counted (a state that persists: a stale view, a node not ready); the
+/// next time it is written it says how many were held back. Events (a pod
+/// confirmed) are always written.
 struct Logger {
     json: bool,
     /// `PALISADE_LOG=debug`: also the lines nobody needs to act on.
@@ -40,7 +42,7 @@ impl Logger {
             return;
         }
         let key = format!("{level}\0{msg}\0{fields}");
-        {
+        if matches!(level, "warn" | "error") {
             let mut recent = self.recent.borrow_mut();
             let now = Instant::now();
             recent.retain(|_, (at, held)| now.duration_since(*at) < REPEAT_WINDOW || *held > 0);
