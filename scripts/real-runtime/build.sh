@@ -82,12 +82,12 @@ if ! packages_ok; then
     chmod 755 /usr/sbin/policy-rc.d
     made_policy=1
   fi
-  install() { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >&2; }
+  apt_install() { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >&2; }
   log "apt-get install ${pkgs[*]}"
-  if ! install; then
+  if ! apt_install; then
     log "apt-get update"
     apt-get update -qq >&2 || { [ "$made_policy" -eq 0 ] || rm -f /usr/sbin/policy-rc.d; die "apt-get update failed"; }
-    install || { [ "$made_policy" -eq 0 ] || rm -f /usr/sbin/policy-rc.d; die "apt-get install ${pkgs[*]} failed"; }
+    apt_install || { [ "$made_policy" -eq 0 ] || rm -f /usr/sbin/policy-rc.d; die "apt-get install ${pkgs[*]} failed"; }
   fi
   [ "$made_policy" -eq 0 ] || rm -f /usr/sbin/policy-rc.d
   packages_ok || die "packages installed but a binary is still missing"

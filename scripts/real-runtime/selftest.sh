@@ -60,10 +60,9 @@ cleanup() {
   if grep -q "$WORK" /proc/self/mountinfo; then
     say "mounts left under $WORK:"
     grep "$WORK" /proc/self/mountinfo >&2
-    failures=$((failures + 1))
-  else
-    rm -rf "$WORK"
+    exit 1
   fi
+  rm -rf "$WORK"
 }
 trap cleanup EXIT
 
@@ -87,10 +86,11 @@ runp() {
   fi
 }
 
-# tcp_exchange SERVER_NETNS CLIENT_NETNS IP PORT: a line each way with busybox nc.
+# tcp_exchange SERVER_NETNS CLIENT_NETNS IP PORT [LISTEN_PORT]: a line each
+# way with busybox nc (the server listens on LISTEN_PORT, default PORT).
 tcp_exchange() {
-  local server="$1" client="$2" ip="$3" port="$4" got
-  timeout 8 nsenter --net="$server" busybox sh -c "echo pong | busybox nc -l -p $port" >"$WORK/server.out" 2>&1 &
+  local server="$1" client="$2" ip="$3" port="$4" listen="${5:-$4}" got
+  timeout 8 nsenter --net="$server" busybox sh -c "echo pong | busybox nc -l -p $listen" >"$WORK/server.out" 2>&1 &
   local spid=$!
   sleep 0.3
   got=$(timeout 5 nsenter --net="$client" busybox sh -c "echo ping | busybox nc -w 2 $ip $port" 2>/dev/null) || true
@@ -182,7 +182,17 @@ selftest_palisade() {
   mkdir -p "$bin" "$cnibin" "$conf" "$man"
   # Copies: a cargo build elsewhere may replace target/release meanwhile.
   cp "$src/palisade" "$src/palisade-cni" "$bin/"
-  cp "$bin/palisade-cni" "$cnibin/"
+  # The plugin through a wrapper that records each call (containerd's error
+  # carries the plugin's message but not its code).
+  cat >"$cnibin/palisade-cni" <<EOF
+#!/bin/sh
+out=\$("$bin/palisade-cni")
+rc=\$?
+printf '%s rc=%s id=%s args=%s out=%s\n' "\$CNI_COMMAND" "\$rc" "\$CNI_CONTAINERID" "\$CNI_ARGS" "\$out" >>"$WORK/cni-calls.log"
+printf '%s\n' "\$out"
+exit \$rc
+EOF
+  chmod +x "$cnibin/palisade-cni"
   ln -s /usr/lib/cni/loopback "$cnibin/loopback"
   ln -s /usr/lib/cni/portmap "$cnibin/portmap"
   new_netns pnode
@@ -272,7 +282,7 @@ EOF
   check "other -> db:5432 denied" no_tcp_exchange "$nsd" "$nso" "$ipd" 5432
   check "other -> web:8080 allowed (web is not isolated)" tcp_exchange "$nsw" "$nso" "$ipw" 8080
   check "node 192.168.251.1:18080 -> web:8080 (hostPort through portmap)" \
-    tcp_exchange "$nsw" "/run/netns/$node" 192.168.251.1 18080
+    tcp_exchange "$nsw" "/run/netns/$node" 192.168.251.1 18080 8080
 
   # A pod the agent's manifests do not have: refused, fail closed.
   local links_before ipam_before err
@@ -286,6 +296,8 @@ EOF
     say "RunPodSandbox rr/ghost refused after $(since "$t0") s: $err"
     check "the refusal is the plugin's fail-closed error" grep -q "not confirmed" <<<"$err"
   fi
+  check "its ADD failed with code 101" grep -Eq '^ADD rc=1 .*K8S_POD_NAME=ghost.*"code":101' "$WORK/cni-calls.log"
+  check "and was followed by a DEL" grep -Eq '^DEL rc=0 .*K8S_POD_NAME=ghost' "$WORK/cni-calls.log"
   check "the refused pod left no link" test "$(ip -n "$node" -br link | wc -l)" -eq "$links_before"
   check "the refused pod left no address" test "$(find "$WORK/pal-ipam" -type f | wc -l)" -eq "$ipam_before"
   check "the refused pod left no sandbox" test "$("$CRI" list --socket "$SOCK" | grep -o '"id"' | wc -l)" -eq 3
@@ -298,6 +310,8 @@ EOF
   done
   check "DEL removed every pod link" sh -c "! ip -n '$node' -br link | grep -q '^pal'"
   check "DEL released every address" test "$(find "$WORK/pal-ipam" -type f -name '10.*' | wc -l)" -eq 0
+  say "CNI calls (command, exit code, container, CNI_ARGS, answer):"
+  cut -c1-300 "$WORK/cni-calls.log" >&2
   check "stop.sh" "$HERE/stop.sh" "$rt"
   check "nothing left of the runtime" leftovers_ok "$rt"
   kill "$agent_pid" 2>/dev/null || true

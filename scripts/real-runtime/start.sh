@@ -31,8 +31,15 @@
 # NODE_NETNS and new mount and cgroup namespaces. There it mounts a sysfs of
 # the node namespace (as `ip netns exec` does), a tmpfs on /sys/fs/cgroup with
 # this machine's cgroup hierarchies again (`ip netns exec` drops them; runc
-# needs them), its own /run/containerd (shim sockets) and /var/lib/cni (CNI
-# result cache), and keeps only NETNS_DIR shared with the machine.
+# needs them), its own /run/containerd (shim sockets: DIR/run) and
+# /var/lib/cni (the CNI result cache: DIR/cni), and keeps only NETNS_DIR
+# shared with the machine. Every other path looks the same inside as outside
+# (an agent socket or IPAM folder anywhere but under /run/containerd or
+# /var/lib/cni works). Sandboxes get cgroups <instance>/k8s.io/<id>.
+#
+# Changes outside DIR: lo is set up in NODE_NETNS (the CRI stream server
+# listens on its 127.0.0.1), and the empty folders /run/containerd and
+# /var/lib/cni are created as mount points if missing, and left.
 #
 # Env: READY_TIMEOUT (s, default 30), CONTAINERD_LOG_LEVEL (default info),
 # PALISADE_CACHE (where build.sh put cri and pause.tar).
