@@ -144,6 +144,7 @@ pub fn run_with(
     // What the source could not read, as last reported.
     let mut unreadable: BTreeMap<ObjectRef, String> = BTreeMap::new();
     let mut stale: Option<(String, Instant)> = None;
+    let mut next_stale_report = Instant::now();
     let mut parked: Vec<(Call, Option<Instant>)> = Vec::new();
     let mut next_node_check = Instant::now();
     let mut node_problems: Vec<String> = Vec::new();
@@ -192,7 +193,10 @@ pub fn run_with(
                 Err(e) => report(Event::SourceInvalid(&e.to_string()), &node),
             }
             let now_stale = source.stale();
-            if now_stale.as_ref().map(|s| &s.0) != stale.as_ref().map(|s| &s.0) || now_stale.is_some() {
+            let changed = now_stale.as_ref().map(|s| &s.0) != stale.as_ref().map(|s| &s.0);
+            // While stale, its age is reported once a second (not every turn).
+            if changed || (now_stale.is_some() && now >= next_stale_report) {
+                next_stale_report = now + Duration::from_secs(1);
                 match &now_stale {
                     Some((why, since)) => report(Event::Stale(Some((why, since.elapsed()))), &node),
                     None => report(Event::Stale(None), &node),

@@ -6,11 +6,11 @@
 //! that cannot be read stands as its stand-ins (fails closed where it
 //! could have had an effect); the rest keeps converging.
 //!
-//! Recovery is prompt: the watcher's backoff is capped at 1 s (kube's
-//! default grows to 30 s, which delayed the re-list after an API server
-//! restart by half a minute), a `410 Gone` re-lists at once, and a re-list
-//! deletes what it no longer lists. While any watch is failing, or has not
-//! re-listed since it failed, the source says its view is stale.
+//! Recovery is prompt: after any watch failure (a `410 Gone` included) a
+//! new watcher lists again, after a backoff capped at 1 s (kube's default
+//! grows to 30 s, which delayed the re-list after an API server restart by
+//! half a minute), and a list deletes what it no longer holds. From a
+//! failure until that list, the source says its view is stale.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +21,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::utils::Backoff;
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 use palisade_model::load::Located;
 use palisade_model::{parse_values, Cluster, ObjectRef};
@@ -133,51 +133,59 @@ async fn watch<K>(api: Api<K>, kind: usize, shared: Arc<Shared>)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug + Send + Sync + 'static,
 {
-    let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).backoff(PromptBackoff::new()));
-    // What the last complete list and the events since hold, and
-    // (during a re-list) what the new list holds so far.
+    // What the last complete list and the events since hold.
     let mut known: HashSet<ObjectRef> = HashSet::new();
-    let mut listing: Option<HashSet<ObjectRef>> = None;
-    while let Some(event) = stream.next().await {
-        let mut deltas = Vec::new();
-        match event {
-            Ok(watcher::Event::Init) => listing = Some(HashSet::new()),
-            Ok(watcher::Event::InitApply(object)) => {
-                let delta = read(&object);
-                listing.get_or_insert_with(HashSet::new).insert(delta.0.clone());
-                deltas.push(delta);
+    let mut backoff = PromptBackoff::new();
+    loop {
+        // A fresh watcher lists first. After any failure the agent starts
+        // one: only a list proves the view current again (a resumed watch
+        // in a quiet cluster would say nothing, and the view would read
+        // stale for hours).
+        let mut stream = std::pin::pin!(watcher(api.clone(), watcher::Config::default()));
+        // During a list: what it holds so far.
+        let mut listing: Option<HashSet<ObjectRef>> = None;
+        while let Some(event) = stream.next().await {
+            let mut deltas = Vec::new();
+            match event {
+                Ok(watcher::Event::Init) => listing = Some(HashSet::new()),
+                Ok(watcher::Event::InitApply(object)) => {
+                    let delta = read(&object);
+                    listing.get_or_insert_with(HashSet::new).insert(delta.0.clone());
+                    deltas.push(delta);
+                }
+                Ok(watcher::Event::InitDone) => {
+                    let listed = listing.take().unwrap_or_default();
+                    // Deleted while the watch was down: the list is the truth.
+                    deltas.extend(known.difference(&listed).map(|r| (r.clone(), None)));
+                    known = listed;
+                    shared.ready[kind].store(true, Ordering::SeqCst);
+                    *shared.failing[kind].lock().expect("lock") = None;
+                    backoff.reset();
+                }
+                Ok(watcher::Event::Apply(object)) => {
+                    let delta = read(&object);
+                    known.insert(delta.0.clone());
+                    deltas.push(delta);
+                }
+                Ok(watcher::Event::Delete(object)) => {
+                    let (object_ref, _) = read(&object);
+                    known.remove(&object_ref);
+                    deltas.push((object_ref, None));
+                }
+                // Stale until a new watcher has listed again (a 410 Gone
+                // included: its list is that one).
+                Err(e) => {
+                    let mut failing = shared.failing[kind].lock().expect("lock");
+                    let since = failing.as_ref().map_or_else(Instant::now, |f| f.1);
+                    *failing = Some((format!("watching {}s: {e}", KINDS[kind]), since));
+                    break;
+                }
             }
-            Ok(watcher::Event::InitDone) => {
-                let listed = listing.take().unwrap_or_default();
-                // Deleted while the watch was down: the list is the truth.
-                deltas.extend(known.difference(&listed).map(|r| (r.clone(), None)));
-                known = listed;
-                shared.ready[kind].store(true, Ordering::SeqCst);
-                *shared.failing[kind].lock().expect("lock") = None;
-            }
-            Ok(watcher::Event::Apply(object)) => {
-                let delta = read(&object);
-                known.insert(delta.0.clone());
-                deltas.push(delta);
-                *shared.failing[kind].lock().expect("lock") = None;
-            }
-            Ok(watcher::Event::Delete(object)) => {
-                let (object_ref, _) = read(&object);
-                known.remove(&object_ref);
-                deltas.push((object_ref, None));
-                *shared.failing[kind].lock().expect("lock") = None;
-            }
-            // The watcher retries (a 410 re-lists); the view is stale
-            // until it has listed again.
-            Err(e) => {
-                let mut failing = shared.failing[kind].lock().expect("lock");
-                let since = failing.as_ref().map_or_else(Instant::now, |f| f.1);
-                *failing = Some((format!("watching {}s: {e}", KINDS[kind]), since));
+            if !deltas.is_empty() {
+                shared.deltas.lock().expect("lock").extend(deltas);
             }
         }
-        if !deltas.is_empty() {
-            shared.deltas.lock().expect("lock").extend(deltas);
-        }
+        tokio::time::sleep(backoff.next().unwrap_or(PromptBackoff::MAX)).await;
     }
 }
 

@@ -89,8 +89,12 @@ pub struct NodeAgent {
     /// The addresses the source gave the local pods (the engine holds
     /// their CNI addresses), restored when a pod stops being local.
     source_ips: HashMap<EndpointKey, Vec<IpAddr>>,
-    /// The source changed since the last apply: tracked flows may now be
-    /// forbidden. (A new pod cannot forbid a flow that exists.)
+    /// The source changed since the last apply: once the change is in the
+    /// kernel, tracked flows may be forbidden. (A new pod cannot forbid a
+    /// flow that exists.)
+    source_changed: bool,
+    /// The kernel holds a change that may forbid tracked flows: they wait
+    /// to be judged.
     judge_flows: bool,
     /// (veth, address) of local pods found in the kernel at start.
     adopt: Vec<(String, IpAddr)>,
@@ -153,6 +157,7 @@ impl NodeAgent {
             pending: Changes::default(),
             node_addrs,
             source_ips: HashMap::new(),
+            source_changed: false,
             judge_flows: false,
             adopt,
             checks_ensured: false,
@@ -206,14 +211,33 @@ impl NodeAgent {
     /// the kernel keeps its previous table.
     fn ensure_sender_checks(&mut self) -> Result<(), NodeError> {
         let netns = self.opts.netns.as_deref().map(Netns::named);
-        for pod in self.local.values() {
+        let mut isolate = Vec::new();
+        for (key, pod) in &self.local {
             if let Err(source) = self.attach_check(&pod.host_if, &pod.ips) {
                 // A vanished veth is not a failure: its pod is on its way out.
                 let present = links(netns.as_ref()).is_none_or(|l| l.contains(&pod.host_if));
-                if present {
-                    return Err(NodeError::SenderCheck { host_if: pod.host_if.clone(), source });
+                if !present {
+                    continue;
                 }
+                // One veth whose programs cannot be told apart: that pod
+                // alone is cut off, not the node.
+                if is_unverifiable(&source) {
+                    isolate.push((key.clone(), source.to_string()));
+                    continue;
+                }
+                return Err(NodeError::SenderCheck { host_if: pod.host_if.clone(), source });
             }
+        }
+        for (key, why) in isolate {
+            if let Some(pod) = self.local.remove(&key) {
+                self.warnings.push(format!(
+                    "pod {key} is cut off (its veth {} matches no confirmed pod now): {why}",
+                    pod.host_if
+                ));
+                self.forget.extend(pod.ips);
+                self.refresh_endpoint(&key);
+            }
+            self.save()?;
         }
         self.checks_ensured = true;
         Ok(())
@@ -275,7 +299,7 @@ impl NodeAgent {
         let changes = self.engine.sync_cluster(&cluster);
         self.pending.merge(changes);
         self.cluster = cluster;
-        self.judge_flows = true;
+        self.source_changed = true;
     }
 
     /// The objects the source cannot read now.
@@ -359,7 +383,7 @@ impl NodeAgent {
         }
         let changes = self.engine.compile();
         self.pending.merge(changes);
-        self.judge_flows = true;
+        self.source_changed = true;
     }
 
     /// Puts endpoint `key` into the engine as the source has it, with its
@@ -532,6 +556,12 @@ impl NodeAgent {
             return Err(e.into());
         }
         self.pending = Changes::default();
+        // Only now may the flows be judged: judged earlier (the change
+        // still in the debounce), flows the old rules still accept would
+        // be ended, come back as new under those rules, and stay.
+        if std::mem::take(&mut self.source_changed) {
+            self.judge_flows = true;
+        }
         Ok(changed)
     }
 
@@ -540,8 +570,10 @@ impl NodeAgent {
     /// thread when flows wait to be judged (it walks the kernel's whole
     /// conntrack hash, shared by every namespace: ~10 ms here, which new
     /// rules need not wait for), and judges the dump that has arrived with
-    /// the policy in the kernel by then. `Some(ended)` once a judgement is
-    /// done; on failure the flows are judged again next time.
+    /// the policy in the kernel by then (a dump that arrives while a newer
+    /// change waits to be applied is dropped and taken again after it).
+    /// `Some(ended)` once a judgement is done; on failure the flows are
+    /// judged again next time.
     pub fn end_denied_flows_in_background(&mut self) -> Result<Option<usize>, NodeError> {
         let netns = self.opts.netns.as_deref().map(Netns::named);
         let dumper = self.dumper.get_or_insert_with(|| BackgroundDump::spawn(netns));
@@ -556,6 +588,11 @@ impl NodeAgent {
                     );
                 }
             };
+            if !self.pending.is_empty() || self.source_changed {
+                // The engine is ahead of the kernel: judge after the next apply.
+                self.judge_flows = true;
+                return Ok(None);
+            }
             self.conntrack()?;
             let ct = self.ct.as_mut().expect("opened");
             let denies = palisade_dataplane::conntrack::engine_denies(&self.engine, self.node_addrs.clone());
@@ -565,7 +602,9 @@ impl NodeAgent {
             })?;
             return Ok(Some(ended));
         }
-        let wanted = self.judge_flows && !self.opts.keep_established;
+        // Dumped only while the kernel holds what the engine holds: flows
+        // opened after the dump went through the new rules.
+        let wanted = self.judge_flows && !self.opts.keep_established && self.pending.is_empty() && !self.source_changed;
         if wanted && dumper.request() {
             self.judge_flows = false;
         }
@@ -650,4 +689,12 @@ fn node_addresses(netns: Option<&Netns>) -> Vec<IpAddr> {
         out.push(gw.parse().expect("gateway address"));
     }
     out
+}
+
+/// The sender check's failure because a veth carries several programs
+/// whose names cannot be read (no CAP_SYS_ADMIN).
+fn is_unverifiable(e: &palisade_dataplane::netns::NetnsError) -> bool {
+    let palisade_dataplane::netns::NetnsError::Io { source, .. } = e else { return false };
+    let bpf = source.get_ref().and_then(|inner| inner.downcast_ref::<palisade_dataplane::bpf::BpfError>());
+    matches!(bpf, Some(palisade_dataplane::bpf::BpfError::Unverifiable { .. }))
 }

@@ -362,6 +362,23 @@ impl Source for DirSource {
             }
             self.files.insert(path, f);
         }
+        if self.digest.is_none() {
+            // At start, what a file that cannot be read held is unknown:
+            // any state without it could be looser than the kernel's (the
+            // table the previous agent left). Nothing is applied until it
+            // can be read.
+            let unknown: Vec<Problem> = self
+                .files
+                .iter()
+                .filter_map(|(path, f)| {
+                    let why = f.unreadable.iter().find(|(r, _)| r.kind == FILE)?.1;
+                    Some(Problem::Read { file: path.display().to_string(), reason: why.clone() })
+                })
+                .collect();
+            if !unknown.is_empty() {
+                return Err(refused(&self.dir, &unknown));
+            }
+        }
         let update = if self.digest.is_none() || templates {
             // Workloads' templates are grouped with their pods: read whole.
             let refs: Vec<&ObjectRef> = self.index.keys().collect();
@@ -482,6 +499,26 @@ mod tests {
         std::fs::remove_file(dir.join("d.yaml")).unwrap();
         let Some(Update::Objects { upserts, .. }) = source.poll().unwrap() else { panic!("not incremental") };
         assert_eq!(upserts.len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// At start (a restart: the kernel holds the previous agent's table),
+    /// a file that cannot be read at all keeps the source from giving any
+    /// state: what it held is unknown, and leaving it out could loosen.
+    #[test]
+    fn an_unreadable_file_at_start_gives_no_state() {
+        let dir = std::env::temp_dir().join(format!("palisade-dirsource-start-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let policy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {podSelector: {}}\n";
+        std::fs::write(dir.join("a.yaml"), policy).unwrap();
+        std::fs::write(dir.join("b.yaml"), "kind: [\n").unwrap();
+        let mut source = DirSource::new(&dir);
+        let err = source.poll().unwrap_err().to_string();
+        assert!(err.contains("b.yaml") && err.contains("last good state"), "{err}");
+        assert!(source.poll().unwrap().is_none(), "unchanged: still nothing");
+        std::fs::write(dir.join("b.yaml"), policy.replace("name: p", "name: q")).unwrap();
+        assert_eq!(full(source.poll().unwrap()).policies.len(), 2, "readable again: the whole state");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

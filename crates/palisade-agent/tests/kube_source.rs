@@ -398,3 +398,49 @@ fn the_kube_and_dir_sources_give_the_same_node_state() {
         assert!(lines.iter().all(|l| !l.contains("pal")), "n2's pod {other} has local state on n1: {lines:?}");
     }
 }
+
+/// A watch that fails in a quiet cluster (no event would ever follow) is
+/// stale until the agent has listed again, and then current: the source
+/// starts a new watcher, which lists.
+#[test]
+fn a_failed_watch_is_stale_until_listed_again() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let (client, api, log) = fake_api_server(&runtime);
+    let mut source = KubeSource::start_on(client, runtime.handle());
+    let mut node = NodeAgent::new(NodeOptions::default()).unwrap();
+    let namespaces = vec![json!({"metadata": {"name": "x", "labels": {"team": "t"}}})];
+    api.send(list(Kind::Pods, "PodList", "10", vec![])).unwrap();
+    api.send(list(Kind::Namespaces, "NamespaceList", "10", namespaces.clone())).unwrap();
+    api.send(list(Kind::Policies, "NetworkPolicyList", "10", vec![])).unwrap();
+    api.send(list(Kind::Nodes, "NodeList", "10", vec![])).unwrap();
+    wait_for(&mut source, &mut node, "the initial lists", |c| c.namespaces.contains_key("x"));
+    assert!(source.stale().is_none());
+
+    let broken = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": "internal error", "reason": "InternalError", "code": 500});
+    api.send(events(Kind::Namespaces, vec![("ERROR", broken)])).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let why = loop {
+        if let Some((why, _)) = source.stale() {
+            break why;
+        }
+        assert!(Instant::now() < deadline, "a failed watch was not reported stale");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(why.contains("Namespaces") && why.contains("internal error"), "{why}");
+    // Nothing else happens in the cluster; the agent lists again by itself.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(source.stale().is_some(), "not current before the new list is answered");
+    api.send(list(Kind::Namespaces, "NamespaceList", "11", namespaces)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while source.stale().is_some() {
+        assert!(Instant::now() < deadline, "still stale after the new list");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let lists = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|u| u.starts_with("/api/v1/namespaces?") && !u.contains("watch=true"))
+        .count();
+    assert_eq!(lists, 2, "one list at start, one after the failure: {:?}", log.lock().unwrap());
+}

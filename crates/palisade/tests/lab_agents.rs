@@ -261,6 +261,15 @@ metadata: {name: client, namespace: y, labels: {app: client}}
 spec: {nodeName: lab-node-2, containers: [{name: c, image: i, ports: [{containerPort: 80}]}]}
 ";
 
+/// Tenant x's new policy: nothing may reach `other`.
+const X_ISOLATES_OTHER: &str = "
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: other-closed, namespace: x}
+spec: {podSelector: {matchLabels: {app: other}}, policyTypes: [Ingress]}
+";
+
 /// Tenant y's policy, unreadable (a /33 CIDR).
 const BROKEN: &str = "apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -296,9 +305,9 @@ fn a_bad_object_closes_only_what_it_could_affect() {
 
     // Tenant y writes a policy no agent can read.
     std::fs::write(manifests.join("broken.yaml"), BROKEN).unwrap();
-    // Meanwhile tenant x adds a pod and the policy for it is already there:
-    // published (every agent applied it and is ready), and the new pod starts.
-    lab.update(&cluster(&format!("{BASE}{TENANT_Y}{DB}"))).unwrap();
+    // Meanwhile tenant x adds a pod and a policy: published (every agent
+    // applied them and is ready), and the new pod starts.
+    lab.update(&cluster(&format!("{BASE}{TENANT_Y}{DB}{X_ISOLATES_OTHER}"))).unwrap();
     lab.publish().expect("every agent converges despite y's bad object");
     let new = lab.start_new_pods().unwrap();
     lab.wire_pods(&new).expect("a new pod of x starts despite y's bad object");
@@ -309,6 +318,8 @@ fn a_bad_object_closes_only_what_it_could_affect() {
     let results = judged_by(&mut lab, &closed);
     assert_eq!(allowed(&results, "y"), 0, "y's pods are isolated both ways");
     assert!(allowed(&results, "x") >= 3, "x's pods still talk as their policies allow");
+    let to_other = results.iter().find(|r| r.src.name == "web" && r.dst.name == "other").unwrap();
+    assert!(!to_other.engine_allows && to_other.agrees(), "x's new policy is in force: {to_other:?}");
 
     // Each agent names the object.
     for node in 0..2 {

@@ -37,11 +37,22 @@ impl Logger {
         Logger { json, debug, recent: Default::default() }
     }
 
-    fn log(&self, level: &str, msg: &str, mut fields: serde_json::Value) {
+    fn log(&self, level: &str, msg: &str, fields: serde_json::Value) {
+        let key = format!("{level}\0{msg}\0{fields}");
+        self.log_keyed(level, msg, fields, key)
+    }
+
+    /// A state that lasts while its details change (which watches fail,
+    /// and how): repeated by its message alone.
+    fn log_state(&self, level: &str, msg: &str, fields: serde_json::Value) {
+        let key = format!("{level}\0{msg}");
+        self.log_keyed(level, msg, fields, key)
+    }
+
+    fn log_keyed(&self, level: &str, msg: &str, mut fields: serde_json::Value, key: String) {
         if level == "debug" && !self.debug {
             return;
         }
-        let key = format!("{level}\0{msg}\0{fields}");
         if matches!(level, "warn" | "error") {
             let mut recent = self.recent.borrow_mut();
             let now = Instant::now();
@@ -177,7 +188,7 @@ pub fn run(args: &AgentArgs) -> Result<()> {
                 "object readable again",
                 json!({"kind": object.kind, "namespace": object.namespace, "name": object.name}),
             ),
-            Event::Stale(Some((why, _))) => logger.log(
+            Event::Stale(Some((why, _))) => logger.log_state(
                 "warn",
                 "the cluster view may be stale; the last state stays in force",
                 json!({"error": why}),
