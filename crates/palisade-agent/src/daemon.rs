@@ -155,6 +155,9 @@ pub fn run_with(
         if now >= next_tick {
             next_tick = now + Duration::from_secs(1);
             report(Event::Tick, &node);
+            for w in node.take_warnings() {
+                report(Event::Warning(&w), &node);
+            }
         }
         if now >= next_node_check {
             next_node_check = now + Duration::from_secs(10);

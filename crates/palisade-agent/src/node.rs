@@ -80,6 +80,9 @@ pub struct NodeAgent {
     ct: Option<Conntrack>,
     /// Dumps the conntrack table off the agent's loop.
     dumper: Option<BackgroundDump>,
+    /// Moves confirmed pods' sender checks from tc filters to tcx, off
+    /// the agent's loop (each tcx attach waits an RCU grace period).
+    promoter: Option<Promoter>,
     opts: NodeOptions,
     cluster: Cluster,
     local: BTreeMap<EndpointKey, LocalPod>,
@@ -151,6 +154,7 @@ impl NodeAgent {
             session: NetlinkSession::new(opts.netns.as_deref()),
             ct: None,
             dumper: None,
+            promoter: None,
             opts,
             cluster: Cluster::default(),
             local,
@@ -169,6 +173,9 @@ impl NodeAgent {
 
     /// What the agent could not take back as it was (to be logged).
     pub fn take_warnings(&mut self) -> Vec<String> {
+        if let Some(p) = &self.promoter {
+            self.warnings.extend(p.failures());
+        }
         std::mem::take(&mut self.warnings)
     }
 
@@ -251,7 +258,8 @@ impl NodeAgent {
         ips: &[std::net::IpAddr],
     ) -> Result<(), palisade_dataplane::netns::NetnsError> {
         let ns = Netns::named(self.opts.netns.as_deref().unwrap_or("/proc/thread-self/ns/net"));
-        palisade_dataplane::sender::attach_in(&ns, host_if, ips)
+        // On tcx, and a plugin's tc filter (if any) removed.
+        palisade_dataplane::sender::promote_in(&ns, host_if, ips)
     }
 
     pub fn engine(&self) -> &Engine {
@@ -461,6 +469,11 @@ impl NodeAgent {
                 // confirmed (`apply` forgets first).
                 self.forget.extend(old.ips);
             }
+        }
+        if check_attached {
+            // Our plugin attached it as a tc filter: to tcx, in the background.
+            let netns = self.opts.netns.clone();
+            self.promoter.get_or_insert_with(|| Promoter::spawn(netns)).promote(&pod.host_if, &pod.ips);
         }
         self.local.insert(key.clone(), pod);
         self.save()?;
@@ -697,4 +710,42 @@ fn is_unverifiable(e: &palisade_dataplane::netns::NetnsError) -> bool {
     let palisade_dataplane::netns::NetnsError::Io { source, .. } = e else { return false };
     let bpf = source.get_ref().and_then(|inner| inner.downcast_ref::<palisade_dataplane::bpf::BpfError>());
     matches!(bpf, Some(palisade_dataplane::bpf::BpfError::Unverifiable { .. }))
+}
+
+/// A thread that moves sender checks to tcx ([`palisade_dataplane::sender::promote`]).
+struct Promoter {
+    jobs: std::sync::mpsc::Sender<(String, Vec<IpAddr>)>,
+    failed: std::sync::mpsc::Receiver<String>,
+}
+
+impl Promoter {
+    fn spawn(netns: Option<String>) -> Promoter {
+        let (jobs, incoming) = std::sync::mpsc::channel::<(String, Vec<IpAddr>)>();
+        let (report, failed) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let ns = Netns::named(netns.as_deref().unwrap_or("/proc/thread-self/ns/net"));
+            for (dev, ips) in incoming {
+                if let Err(e) = palisade_dataplane::sender::promote_in(&ns, &dev, &ips) {
+                    // A veth gone meanwhile is its pod's end, not a failure.
+                    let present = std::path::Path::new(&format!("/sys/class/net/{dev}")).exists();
+                    if present
+                        && report
+                            .send(format!("moving the sender check of {dev} to tcx (it stays a tc filter): {e}"))
+                            .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        });
+        Promoter { jobs, failed }
+    }
+
+    fn promote(&self, dev: &str, ips: &[IpAddr]) {
+        let _ = self.jobs.send((dev.to_string(), ips.to_vec()));
+    }
+
+    fn failures(&self) -> Vec<String> {
+        self.failed.try_iter().collect()
+    }
 }

@@ -346,7 +346,7 @@ fn add(inv: &Invocation, container_id: &str, netns: &str, ifname: &str) -> Resul
         // sender check is put (back) in place, in case an earlier ADD
         // stopped between the two.
         if Path::new(&format!("/sys/class/net/{host_if}")).exists() {
-            palisade_dataplane::sender::attach(&host_if, &ips).map_err(|e| internal("wiring the pod", e))?;
+            palisade_dataplane::sender::attach_fast(&host_if, &ips).map_err(|e| internal("wiring the pod", e))?;
             // If the earlier ADD stopped before the pod's end came up, this
             // fails, and the link is removed for the next ADD to redo.
             return palisade_dataplane::link::wait_until_transmitting(
@@ -356,7 +356,9 @@ fn add(inv: &Invocation, container_id: &str, netns: &str, ifname: &str) -> Resul
             )
             .map_err(|e| internal("wiring the pod", e));
         }
-        link.attach().map_err(|e| internal("wiring the pod", e))
+        // The check as a tc filter (no RCU grace period on the pod's start);
+        // the agent moves it to tcx once the pod is confirmed.
+        link.attach_with(true).map_err(|e| internal("wiring the pod", e))
     };
     let result = wired().and_then(|_| confirm_policy(conf, container_id, netns, ifname, &ips, &inv.args));
     if let Err(e) = result {

@@ -72,7 +72,7 @@ fn owned(fd: i64) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd as i32) }
 }
 
-fn ifindex(dev: &str) -> Result<u32, BpfError> {
+pub(crate) fn ifindex(dev: &str) -> Result<u32, BpfError> {
     let name = CString::new(dev).map_err(|_| BpfError::NoDevice(dev.into()))?;
     nix::net::if_::if_nametoindex(name.as_c_str()).map_err(|_| BpfError::NoDevice(dev.into()))
 }

@@ -39,6 +39,13 @@ impl PodLink {
     /// on the node side (see `sender`). Returns once the node's end
     /// transmits, so the pod's first packets are not lost.
     pub fn attach(&self) -> Result<(), NetnsError> {
+        self.attach_with(false)
+    }
+
+    /// [`attach`](Self::attach), the sender check attached as a tc filter
+    /// when `fast_check` (no RCU grace period on a pod's start: the CNI
+    /// plugin's way; the agent then moves it to tcx, `sender::promote`).
+    pub fn attach_with(&self, fast_check: bool) -> Result<(), NetnsError> {
         let has_v6 = self.addresses.iter().any(IpAddr::is_ipv6);
         let len = |a: &IpAddr| if a.is_ipv4() { 32 } else { 128 };
         // No duplicate address detection on a point-to-point link: link-local
@@ -57,7 +64,11 @@ impl PodLink {
             node.add_route(host, *a, len(a), None)?;
         }
         // Before the pod's end is up, so nothing it sends escapes the check.
-        crate::sender::attach_in(&self.node, &self.host_if, &self.addresses)?;
+        if fast_check {
+            crate::sender::attach_fast_in(&self.node, &self.host_if, &self.addresses)?;
+        } else {
+            crate::sender::attach_in(&self.node, &self.host_if, &self.addresses)?;
+        }
         self.node.sysctl(&format!("net.ipv4.conf.{}.proxy_arp", self.host_if), "1")?;
         // Replies to the pod's neighbour solicitations come at once.
         self.node.sysctl(&format!("net.ipv4.neigh.{}.proxy_delay", self.host_if), "0")?;

@@ -50,6 +50,22 @@ const RTPROT_BOOT: u8 = 3;
 const RT_SCOPE_UNIVERSE: u8 = 0;
 const RT_SCOPE_LINK: u8 = 253;
 const RTN_UNICAST: u8 = 1;
+const RTM_NEWQDISC: u16 = 36;
+const RTM_DELQDISC: u16 = 37;
+const RTM_NEWTFILTER: u16 = 44;
+const RTM_GETTFILTER: u16 = 46;
+const TCA_KIND: u16 = 1;
+const TCA_OPTIONS: u16 = 2;
+const TCA_BPF_FD: u16 = 6;
+const TCA_BPF_NAME: u16 = 7;
+const TCA_BPF_FLAGS: u16 = 8;
+const TCA_BPF_FLAG_ACT_DIRECT: u32 = 1;
+/// The clsact qdisc's handle and parent, and its ingress hook.
+const CLSACT_HANDLE: u32 = 0xFFFF_0000;
+const TC_H_CLSACT: u32 = 0xFFFF_FFF1;
+const CLSACT_INGRESS: u32 = 0xFFFF_FFF2;
+/// Priority 1, every protocol (`ETH_P_ALL` in network order).
+const FILTER_INFO: u32 = (1 << 16) | 0x0300;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
@@ -275,6 +291,88 @@ impl Rtnl {
             attr(m, RTA_OIF, &index.to_ne_bytes());
         })?;
         Ok(())
+    }
+}
+
+fn tcmsg(out: &mut Vec<u8>, index: u32, handle: u32, parent: u32, info: u32) {
+    out.extend_from_slice(&[0, 0, 0, 0]); // family, pads
+    out.extend_from_slice(&index.to_ne_bytes());
+    out.extend_from_slice(&handle.to_ne_bytes());
+    out.extend_from_slice(&parent.to_ne_bytes());
+    out.extend_from_slice(&info.to_ne_bytes());
+}
+
+impl Rtnl {
+    /// Puts BPF program `prog` (a file descriptor) on device `index`'s
+    /// ingress as a direct-action tc filter, on a clsact qdisc made for it.
+    /// Attaching costs no RCU grace period (tcx's does, ~10 ms here).
+    pub fn add_ingress_bpf(&mut self, index: u32, prog: i32, name: &str) -> Result<(), NetnsError> {
+        let qdisc = self.request("adding a clsact qdisc", RTM_NEWQDISC, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, |m| {
+            tcmsg(m, index, CLSACT_HANDLE, TC_H_CLSACT, 0);
+            attr(m, TCA_KIND, &cstr("clsact"));
+        });
+        match qdisc {
+            Err(NetnsError::Io { source, .. }) if source.raw_os_error() == Some(libc::EEXIST) => {}
+            other => {
+                other?;
+            }
+        }
+        self.request(
+            &format!("adding the tc filter {name}"),
+            RTM_NEWTFILTER,
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            |m| {
+                tcmsg(m, index, 1, CLSACT_INGRESS, FILTER_INFO);
+                attr(m, TCA_KIND, &cstr("bpf"));
+                nested(m, TCA_OPTIONS, |m| {
+                    attr(m, TCA_BPF_FD, &(prog as u32).to_ne_bytes());
+                    attr(m, TCA_BPF_NAME, &cstr(name));
+                    attr(m, TCA_BPF_FLAGS, &TCA_BPF_FLAG_ACT_DIRECT.to_ne_bytes());
+                });
+            },
+        )?;
+        Ok(())
+    }
+
+    /// The names of the BPF tc filters on device `index`'s ingress (none
+    /// without a clsact qdisc).
+    pub fn ingress_bpf_names(&mut self, index: u32) -> Result<Vec<String>, NetnsError> {
+        let replies = match self
+            .request("listing tc filters", RTM_GETTFILTER, NLM_F_DUMP, |m| tcmsg(m, index, 0, CLSACT_INGRESS, 0))
+        {
+            Ok(r) => r,
+            Err(NetnsError::Io { source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for (_, body) in replies.iter().filter(|(k, _)| *k == RTM_NEWTFILTER) {
+            let Some(attributes) = body.get(20..) else { continue };
+            for (kind, payload) in attrs(attributes) {
+                if kind == TCA_OPTIONS {
+                    if let Some((_, name)) = attrs(payload).into_iter().find(|(k, _)| *k == TCA_BPF_NAME) {
+                        out.push(String::from_utf8_lossy(name).trim_end_matches('\0').to_string());
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes device `index`'s clsact qdisc and its filters; `Ok(false)`:
+    /// there was none.
+    pub fn delete_clsact(&mut self, index: u32) -> Result<bool, NetnsError> {
+        let done = self.request("removing the clsact qdisc", RTM_DELQDISC, NLM_F_ACK, |m| {
+            tcmsg(m, index, CLSACT_HANDLE, TC_H_CLSACT, 0)
+        });
+        match done {
+            Ok(_) => Ok(true),
+            Err(NetnsError::Io { source, .. })
+                if matches!(source.raw_os_error(), Some(libc::ENOENT | libc::EINVAL)) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 

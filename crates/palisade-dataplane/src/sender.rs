@@ -248,15 +248,87 @@ pub fn attach(dev: &str, ips: &[IpAddr]) -> Result<(), BpfError> {
     Ok(())
 }
 
-/// Whether `dev`'s first tcx ingress program is the check for exactly `ips`.
+/// Whether `dev` carries the check for exactly `ips`: its first tcx
+/// ingress program, or (before [`promote`]) its tc filter.
 pub fn is_attached(dev: &str, ips: &[IpAddr]) -> Result<bool, BpfError> {
     let name = name_of(&ebpf(&program(ips)));
-    Ok(bpf::attached(dev)?.first().is_some_and(|p| p.name.as_deref() == Some(name.as_str())))
+    let tcx = bpf::attached(dev)?;
+    if tcx.first().is_some_and(|p| p.name.as_deref() == Some(name.as_str())) {
+        return Ok(true);
+    }
+    let ours = |p: &bpf::Attached| p.name.as_deref().is_some_and(|n| n.starts_with(NAME_PREFIX));
+    Ok(!tcx.iter().any(ours) && tc_filters(dev)?.contains(&name))
+}
+
+/// The names of `dev`'s ingress tc filters (this thread's namespace).
+fn tc_filters(dev: &str) -> Result<Vec<String>, BpfError> {
+    let index = bpf::ifindex(dev)?;
+    here().and_then(|mut rtnl| rtnl.ingress_bpf_names(index)).map_err(|e| BpfError::Call {
+        what: "tc filters",
+        dev: dev.into(),
+        source: std::io::Error::other(e),
+    })
+}
+
+fn here() -> Result<crate::rtnl::Rtnl, crate::netns::NetnsError> {
+    crate::rtnl::Rtnl::open(&Netns::named("/proc/thread-self/ns/net"))
+}
+
+/// Attaches the check for `ips` to `dev` fast: as a tc filter, which
+/// costs no RCU grace period (a tcx attach waits one, ~10 ms here, which
+/// a pod's start need not pay). [`promote`] then moves it to tcx, where it
+/// costs less per packet. Idempotent (either form counts).
+pub fn attach_fast(dev: &str, ips: &[IpAddr]) -> Result<(), BpfError> {
+    if is_attached(dev, ips)? {
+        return Ok(());
+    }
+    let code = ebpf(&program(ips));
+    let name = name_of(&code);
+    let prog = bpf::load(&name, &code)?;
+    let index = bpf::ifindex(dev)?;
+    here()
+        .and_then(|mut rtnl| rtnl.add_ingress_bpf(index, std::os::fd::AsRawFd::as_raw_fd(&prog), &name))
+        .map_err(|e| BpfError::Call { what: "tc filter", dev: dev.into(), source: std::io::Error::other(e) })
+}
+
+/// Moves the check for `ips` to `dev`'s tcx ingress ([`attach`]), then
+/// removes its tc filter: the tcx program is in place before the filter
+/// goes, so no packet passes unchecked.
+pub fn promote(dev: &str, ips: &[IpAddr]) -> Result<(), BpfError> {
+    attach(dev, ips)?;
+    let filters = tc_filters(dev)?;
+    if !filters.is_empty() && filters.iter().all(|n| n.starts_with(NAME_PREFIX)) {
+        let index = bpf::ifindex(dev)?;
+        here().and_then(|mut rtnl| rtnl.delete_clsact(index)).map_err(|e| BpfError::Call {
+            what: "removing the tc filter",
+            dev: dev.into(),
+            source: std::io::Error::other(e),
+        })?;
+    }
+    Ok(())
+}
+
+/// [`attach_fast`] in `ns`.
+pub fn attach_fast_in(ns: &Netns, dev: &str, ips: &[IpAddr]) -> Result<(), NetnsError> {
+    in_netns(ns, dev, || attach_fast(dev, ips))
+}
+
+/// [`promote`] in `ns`.
+pub fn promote_in(ns: &Netns, dev: &str, ips: &[IpAddr]) -> Result<(), NetnsError> {
+    in_netns(ns, dev, || promote(dev, ips))
 }
 
 /// Removes the sender check from `dev`. Only for measuring without it and
 /// for tests: a pod's veth never loses its check.
 pub fn detach(dev: &str) -> Result<(), BpfError> {
+    if tc_filters(dev)?.iter().any(|n| n.starts_with(NAME_PREFIX)) {
+        let index = bpf::ifindex(dev)?;
+        here().and_then(|mut rtnl| rtnl.delete_clsact(index)).map_err(|e| BpfError::Call {
+            what: "removing the tc filter",
+            dev: dev.into(),
+            source: std::io::Error::other(e),
+        })?;
+    }
     for p in bpf::attached(dev)?.into_iter().filter(|p| p.name.as_deref().is_some_and(|n| n.starts_with(NAME_PREFIX))) {
         bpf::detach(dev, p.id)?;
     }

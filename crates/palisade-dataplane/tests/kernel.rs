@@ -384,6 +384,28 @@ fn sender_checks_of_any_size_load_and_replace_each_other() {
     sender::detach_in(&node, "palx0").unwrap();
     assert!(node.enter(|| palisade_dataplane::bpf::attached("palx0")).unwrap().unwrap().is_empty());
     assert!(sender::attach_in(&node, "nosuchdev", few).is_err(), "a missing device is an error");
+
+    // The plugin's way: a tc filter first (no RCU grace period), then the
+    // agent moves it to tcx; the check is there throughout.
+    let tc_names = || {
+        let out = node.exec("tc", &["filter", "show", "dev", "palx0", "ingress"], None).unwrap_or_default();
+        out.lines().filter(|l| l.contains("palsnd_")).count()
+    };
+    let started = std::time::Instant::now();
+    sender::attach_fast_in(&node, "palx0", few).unwrap();
+    let fast = started.elapsed();
+    assert!(sender::is_attached_in(&node, "palx0", few).unwrap(), "a tc filter is the check too");
+    assert_eq!(tc_names(), 1);
+    assert!(node.enter(|| palisade_dataplane::bpf::attached("palx0")).unwrap().unwrap().is_empty());
+    sender::attach_fast_in(&node, "palx0", few).unwrap(); // idempotent
+    assert_eq!(tc_names(), 1);
+    let started = std::time::Instant::now();
+    sender::promote_in(&node, "palx0", few).unwrap();
+    let promoted = started.elapsed();
+    assert!(sender::is_attached_in(&node, "palx0", few).unwrap());
+    assert_eq!(tc_names(), 0, "the tc filter goes once tcx holds the check");
+    assert_eq!(node.enter(|| palisade_dataplane::bpf::attached("palx0")).unwrap().unwrap().len(), 1);
+    eprintln!("sender check: as a tc filter {fast:?}; moved to tcx {promoted:?}");
 }
 
 /// A veth end is activated after its peer comes up, asynchronously, under

@@ -189,6 +189,14 @@ fn forging_scenario(manifests: &str, tag: &str) {
     rider.send_to(b"injected", target).unwrap();
     let (n, from) = receiver.recv_from(&mut rbuf).expect("without the veth check, the injection rides c's flow");
     assert_eq!((&rbuf[..n], from.ip()), (&b"injected"[..], ip(c)));
+
+    // The same check as a tc filter (how the CNI plugin attaches it, until
+    // the agent moves it to tcx) stops the injection again.
+    palisade_dataplane::sender::attach_fast_in(&node, a_if, a_ips).unwrap();
+    for _ in 0..3 {
+        rider.send_to(b"injected again", target).unwrap();
+    }
+    nothing_arrives("the injection, with the check as a tc filter");
 }
 
 /// The Internet checksum (RFC 1071).
