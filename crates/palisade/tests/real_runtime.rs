@@ -216,6 +216,21 @@ fn pods_under_containerd_are_wired_and_enforced_and_fail_closed() {
     assert!(web_ip.starts_with("10.61.0."), "{web_ip}");
     eprintln!("RunPodSandbox with palisade-cni: {runp_ms:?}");
 
+    // The plugin attached web's sender check as a tc filter; the agent
+    // moves it to tcx (in place before the filter goes).
+    let node_ns = Netns::named(&node.netns);
+    let host_if = palisade_cni::plugin::host_ifname(&web, "eth0");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let tcx = node_ns.enter(|| palisade_dataplane::bpf::attached(&host_if)).unwrap().unwrap();
+        let filters = node_ns.exec("tc", &["filter", "show", "dev", &host_if, "ingress"], None).unwrap_or_default();
+        if tcx.len() == 1 && !filters.contains("palsnd_") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "web's check is not on tcx: {tcx:?}, tc: {filters}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
     // The bare node was made ready by the agent: the allowed peer gets
     // through it, the denied one does not.
     let server = Netns::named(&web_ns).enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap();
