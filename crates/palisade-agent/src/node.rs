@@ -713,18 +713,34 @@ fn is_unverifiable(e: &palisade_dataplane::netns::NetnsError) -> bool {
 }
 
 /// A thread that moves sender checks to tcx ([`palisade_dataplane::sender::promote`]).
+/// It waits for a pause in pod starts: a tcx attach holds the kernel's
+/// rtnl lock through an RCU grace period (~10 ms here), which would stall
+/// the wiring of the pods starting meanwhile.
 struct Promoter {
     jobs: std::sync::mpsc::Sender<(String, Vec<IpAddr>)>,
     failed: std::sync::mpsc::Receiver<String>,
+    last_add: std::sync::Arc<std::sync::Mutex<std::time::Instant>>,
 }
+
+/// How long pod starts must pause before checks move to tcx.
+const PROMOTE_AFTER_QUIET: std::time::Duration = std::time::Duration::from_millis(300);
 
 impl Promoter {
     fn spawn(netns: Option<String>) -> Promoter {
         let (jobs, incoming) = std::sync::mpsc::channel::<(String, Vec<IpAddr>)>();
         let (report, failed) = std::sync::mpsc::channel();
+        let last_add = std::sync::Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
+        let quiet_since = last_add.clone();
         std::thread::spawn(move || {
             let ns = Netns::named(netns.as_deref().unwrap_or("/proc/thread-self/ns/net"));
             for (dev, ips) in incoming {
+                loop {
+                    let since = quiet_since.lock().expect("lock").elapsed();
+                    match PROMOTE_AFTER_QUIET.checked_sub(since) {
+                        Some(wait) if !wait.is_zero() => std::thread::sleep(wait),
+                        _ => break,
+                    }
+                }
                 if let Err(e) = palisade_dataplane::sender::promote_in(&ns, &dev, &ips) {
                     // A veth gone meanwhile is its pod's end, not a failure.
                     let present = std::path::Path::new(&format!("/sys/class/net/{dev}")).exists();
@@ -738,10 +754,11 @@ impl Promoter {
                 }
             }
         });
-        Promoter { jobs, failed }
+        Promoter { jobs, failed, last_add }
     }
 
     fn promote(&self, dev: &str, ips: &[IpAddr]) {
+        *self.last_add.lock().expect("lock") = std::time::Instant::now();
         let _ = self.jobs.send((dev.to_string(), ips.to_vec()));
     }
 
