@@ -125,6 +125,10 @@ fn an_agent_on_a_node_it_cannot_make_ready_is_not_ready() {
             }
             let _ = Command::new("chattr").arg("-i").arg(self.1.join("net/ipv4/ip_forward")).status();
             let _ = std::fs::remove_dir_all(&self.1);
+            let pid = std::process::id();
+            for f in [format!("palisade-agent-{pid}r.sock"), format!("palisade-agent-{pid}r.json")] {
+                let _ = std::fs::remove_file(std::env::temp_dir().join(f));
+            }
             let _ = Command::new("ip").args(["netns", "delete", &self.0]).status();
         }
     }

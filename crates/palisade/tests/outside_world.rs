@@ -36,12 +36,30 @@ spec:
     ports: [{port: 443}]
 "#;
 
-fn write(name: &str, text: &str) -> PathBuf {
+/// A manifest file in a directory of its own, removed when dropped.
+struct Written(PathBuf);
+
+impl std::ops::Deref for Written {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Written {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn write(name: &str, text: &str) -> Written {
     let dir = std::env::temp_dir().join(format!("palisade-outside-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("cluster.yaml");
     std::fs::write(&file, text).unwrap();
-    file
+    Written(file)
 }
 
 fn run(args: &[&str]) -> String {
