@@ -59,7 +59,9 @@ impl Env {
 
     /// Runs the plugin in the node namespace: (exit code, stdout as JSON or Null).
     fn cni(&self, command: &str, vars: &[(&str, &str)], stdin: &Value) -> (i32, Value) {
-        self.cni_with_path(command, vars, stdin, &std::env::var("PATH").unwrap_or_default())
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.node.0, env!("CARGO_BIN_EXE_palisade-cni")]);
+        run_plugin(cmd, command, vars, stdin)
     }
 
     /// [`cni`](Self::cni) with the network tools made unrunnable: in a
@@ -76,48 +78,8 @@ impl Env {
             env!("CARGO_BIN_EXE_palisade-cni")
         );
         let mut cmd = Command::new("unshare");
-        cmd.args(["-m", "sh", "-c", &script])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("CNI_COMMAND", command)
-            .env("CNI_PATH", "/usr/lib/cni")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
-        for (k, v) in vars {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap();
-        child.stdin.take().unwrap().write_all(stdin.to_string().as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        (out.status.code().unwrap_or(-1), serde_json::from_str(text.trim()).unwrap_or(Value::Null))
-    }
-
-    /// [`cni`](Self::cni) with the plugin's `PATH` set to `path`.
-    fn cni_with_path(&self, command: &str, vars: &[(&str, &str)], stdin: &Value, path: &str) -> (i32, Value) {
-        // `ip netns exec` is the harness's (found on the test's PATH), not the plugin's.
-        let ip = std::env::var("PATH")
-            .unwrap_or_default()
-            .split(':')
-            .map(|d| std::path::Path::new(d).join("ip"))
-            .find(|p| p.exists())
-            .expect("ip on the test's PATH");
-        let mut cmd = Command::new(ip);
-        cmd.args(["netns", "exec", &self.node.0, env!("CARGO_BIN_EXE_palisade-cni")])
-            .env_clear()
-            .env("PATH", path)
-            .env("CNI_COMMAND", command)
-            .env("CNI_PATH", "/usr/lib/cni")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
-        for (k, v) in vars {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap();
-        child.stdin.take().unwrap().write_all(stdin.to_string().as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        (out.status.code().unwrap_or(-1), serde_json::from_str(text.trim()).unwrap_or(Value::Null))
+        cmd.args(["-m", "sh", "-c", &script]);
+        run_plugin(cmd, command, vars, stdin)
     }
 
     fn store(&self) -> Store {
@@ -129,6 +91,25 @@ impl Drop for Env {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Runs `cmd` (which executes the plugin) as a runtime does: only the
+/// CNI variables in its environment, the config on stdin.
+fn run_plugin(mut cmd: Command, command: &str, vars: &[(&str, &str)], stdin: &Value) -> (i32, Value) {
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CNI_COMMAND", command)
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(stdin.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    (out.status.code().unwrap_or(-1), serde_json::from_str(text.trim()).unwrap_or(Value::Null))
 }
 
 /// Stand-in for the agent's socket (see the module doc): answers `ok` when

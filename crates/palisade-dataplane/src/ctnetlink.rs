@@ -12,7 +12,7 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::netns::{Netns, NetnsError};
-use crate::nfnetlink::{attr, nested};
+use crate::nfnetlink::{attr, attrs, nested};
 
 const NETLINK_NETFILTER: i32 = 12;
 const AF_NETLINK: i32 = 16;
@@ -24,7 +24,6 @@ const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_ACK: u16 = 4;
 const NLM_F_DUMP: u16 = 0x300;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
@@ -244,22 +243,6 @@ fn messages(buf: &[u8]) -> Vec<(u16, u32, &[u8])> {
         let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().expect("2 bytes"));
         let seq = u32::from_ne_bytes(buf[at + 8..at + 12].try_into().expect("4 bytes"));
         out.push((kind, seq, &buf[at + 16..at + len]));
-        at += (len + 3) & !3;
-    }
-    out
-}
-
-/// The attributes in `buf`: (type without flags, payload).
-fn attrs(buf: &[u8]) -> Vec<(u16, &[u8])> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at + 4 <= buf.len() {
-        let len = u16::from_ne_bytes(buf[at..at + 2].try_into().expect("2 bytes")) as usize;
-        if len < 4 || at + len > buf.len() {
-            break;
-        }
-        let kind = u16::from_ne_bytes(buf[at + 2..at + 4].try_into().expect("2 bytes")) & NLA_TYPE_MASK;
-        out.push((kind, &buf[at + 4..at + len]));
         at += (len + 3) & !3;
     }
     out

@@ -349,6 +349,23 @@ pub(crate) fn nested(out: &mut Vec<u8>, kind: u16, body: impl FnOnce(&mut Vec<u8
     out[start..start + 2].copy_from_slice(&len.to_ne_bytes());
 }
 
+/// The attributes in `buf`: (type without flags, payload). A damaged
+/// length ends the list instead of reading past it.
+pub(crate) fn attrs(buf: &[u8]) -> Vec<(u16, &[u8])> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 4 <= buf.len() {
+        let len = u16::from_ne_bytes(buf[at..at + 2].try_into().expect("2 bytes")) as usize;
+        if len < 4 || at + len > buf.len() {
+            break;
+        }
+        let kind = u16::from_ne_bytes(buf[at + 2..at + 4].try_into().expect("2 bytes")) & 0x3fff;
+        out.push((kind, &buf[at + 4..at + len]));
+        at += (len + 3) & !3;
+    }
+    out
+}
+
 pub(crate) fn cstr(s: &str) -> Vec<u8> {
     let mut v = s.as_bytes().to_vec();
     v.push(0);

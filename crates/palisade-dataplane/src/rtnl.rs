@@ -14,7 +14,7 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::netns::{Netns, NetnsError};
-use crate::nfnetlink::{attr, cstr, nested};
+use crate::nfnetlink::{attr, attrs, cstr, nested};
 
 const NETLINK_ROUTE: i32 = 0;
 const RTM_NEWLINK: u16 = 16;
@@ -374,20 +374,4 @@ impl Rtnl {
             Err(e) => Err(e),
         }
     }
-}
-
-/// The attributes in `buf`: (type without flags, payload).
-fn attrs(buf: &[u8]) -> Vec<(u16, &[u8])> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at + 4 <= buf.len() {
-        let len = u16::from_ne_bytes(buf[at..at + 2].try_into().expect("2 bytes")) as usize;
-        if len < 4 || at + len > buf.len() {
-            break;
-        }
-        let kind = u16::from_ne_bytes(buf[at + 2..at + 4].try_into().expect("2 bytes")) & 0x3fff;
-        out.push((kind, &buf[at + 4..at + len]));
-        at += (len + 3) & !3;
-    }
-    out
 }

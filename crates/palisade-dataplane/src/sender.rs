@@ -298,13 +298,19 @@ pub fn promote(dev: &str, ips: &[IpAddr]) -> Result<(), BpfError> {
     attach(dev, ips)?;
     let filters = tc_filters(dev)?;
     if !filters.is_empty() && filters.iter().all(|n| n.starts_with(NAME_PREFIX)) {
-        let index = bpf::ifindex(dev)?;
-        here().and_then(|mut rtnl| rtnl.delete_clsact(index)).map_err(|e| BpfError::Call {
-            what: "removing the tc filter",
-            dev: dev.into(),
-            source: std::io::Error::other(e),
-        })?;
+        remove_tc_filter(dev)?;
     }
+    Ok(())
+}
+
+/// Removes `dev`'s clsact qdisc, which holds the check's tc filter.
+fn remove_tc_filter(dev: &str) -> Result<(), BpfError> {
+    let index = bpf::ifindex(dev)?;
+    here().and_then(|mut rtnl| rtnl.delete_clsact(index)).map_err(|e| BpfError::Call {
+        what: "removing the tc filter",
+        dev: dev.into(),
+        source: std::io::Error::other(e),
+    })?;
     Ok(())
 }
 
@@ -322,12 +328,7 @@ pub fn promote_in(ns: &Netns, dev: &str, ips: &[IpAddr]) -> Result<(), NetnsErro
 /// for tests: a pod's veth never loses its check.
 pub fn detach(dev: &str) -> Result<(), BpfError> {
     if tc_filters(dev)?.iter().any(|n| n.starts_with(NAME_PREFIX)) {
-        let index = bpf::ifindex(dev)?;
-        here().and_then(|mut rtnl| rtnl.delete_clsact(index)).map_err(|e| BpfError::Call {
-            what: "removing the tc filter",
-            dev: dev.into(),
-            source: std::io::Error::other(e),
-        })?;
+        remove_tc_filter(dev)?;
     }
     for p in bpf::attached(dev)?.into_iter().filter(|p| p.name.as_deref().is_some_and(|n| n.starts_with(NAME_PREFIX))) {
         bpf::detach(dev, p.id)?;
